@@ -1,0 +1,60 @@
+# Copyright 2026-present the smat-peft authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""smat-peft: SMAT (Sparse MetA-Tuning) sparse interpolated experts as a peft method for vision transformers."""
+
+__version__ = "0.1.0"
+
+from .config import SmatConfig  # noqa: E402
+from .layer import SmatLayer, SmatModule  # noqa: E402
+from .model import SmatModel  # noqa: E402
+from .peft_type import SmatPeftType, register_with_peft  # noqa: E402
+from .router import RouterOutput, SmatRouter  # noqa: E402
+
+
+register_with_peft(SmatConfig, SmatModel)
+
+
+def get_smat_model(model, config: SmatConfig, adapter_name: str = "default", **kwargs):
+    """Wrap `model` with a SMAT adapter; returns a `peft.PeftModel` (same as `peft.get_peft_model`).
+
+    Example:
+
+    ```py
+    >>> from transformers import Dinov2Config, Dinov2Model
+    >>> from smat_peft import SmatConfig, get_smat_model
+    >>> vit = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                                image_size=32, patch_size=8))
+    >>> model = get_smat_model(vit, SmatConfig(num_experts=8, sparsity=0.9))
+    >>> type(model).__name__
+    'PeftModel'
+    ```
+    """
+    from peft import get_peft_model
+
+    if not isinstance(config, SmatConfig):
+        raise TypeError(f"`config` must be a SmatConfig, got {type(config).__name__}.")
+    return get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
+
+
+__all__ = [
+    "RouterOutput",
+    "SmatConfig",
+    "SmatLayer",
+    "SmatModel",
+    "SmatModule",
+    "SmatPeftType",
+    "SmatRouter",
+    "__version__",
+    "get_smat_model",
+]

@@ -1,0 +1,105 @@
+# Copyright 2026-present the smat-peft authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Hard-concrete masks (Louizos et al., 2018, "Learning Sparse Neural Networks through L0 Regularization").
+
+Each expert `m` owns mask logits `log α_m` shaped like the parameter it masks (or like one column of it, for
+structured masks). A mask value is `z = clamp(s · (ζ − γ) + γ, 0, 1)` with `s` a (noisy in training) sigmoid of
+`log α`; stretching to `(γ, ζ) ⊃ [0, 1]` and clamping gives exact zeros and ones.
+
+Binary masks are packed into one integer code per element (bit `m` = expert `m`), so that the merged mask
+`Σ_m α_m z_m` of a task is a gather from a `2^M`-entry table instead of an `M`-way weighted sum: this is what makes
+building a task's weights cheap once training has saturated the masks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+_EPS = 1e-6
+# Largest number of experts whose binary masks are packed into integer codes (table of 2**16 entries).
+MAX_PACKED_EXPERTS = 16
+
+
+@dataclass(frozen=True)
+class HardConcrete:
+    """The hard-concrete distribution with temperature `beta` and stretch interval `(gamma, zeta)`.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> hc = HardConcrete(beta=2 / 3, gamma=-0.1, zeta=1.1)
+    >>> hc.eval_mask(torch.tensor([-10.0, 0.0, 10.0]))
+    tensor([0.0000, 0.5000, 1.0000])
+    ```
+    """
+
+    beta: float = 2.0 / 3.0
+    gamma: float = -0.1
+    zeta: float = 1.1
+    noise: bool = True
+
+    def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """A training mask, differentiable w.r.t. `log_alpha` (reparameterised sample)."""
+        log_alpha = log_alpha.float()
+        if self.noise:
+            u = torch.rand_like(log_alpha).clamp_(_EPS, 1.0 - _EPS)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.beta)
+        else:
+            # The reference code's u ~ U(0.5 ± 1e-6): logit(u) is ~0, the mask is deterministic (pitfall P1).
+            s = torch.sigmoid(log_alpha / self.beta)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def eval_mask(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """The deterministic mask used in eval mode: `clamp(σ(log α)·(ζ − γ) + γ, 0, 1)` (not rounded)."""
+        s = torch.sigmoid(log_alpha.float())
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """`P(z ≠ 0) = σ(log α − β·log(−γ/ζ))`, the expected-L0 density of each element (differentiable)."""
+        shift = self.beta * math.log(-self.gamma / self.zeta)
+        return torch.sigmoid(log_alpha.float() - shift).clamp(_EPS, 1.0 - _EPS)
+
+
+def pack_binary(masks: torch.Tensor) -> torch.Tensor:
+    """Pack binary masks `[M, *shape]` (values in {0, 1}) into int32 codes `[*shape]`, bit `m` = expert `m`."""
+    num_experts = masks.shape[0]
+    if num_experts > MAX_PACKED_EXPERTS:
+        raise ValueError(f"At most {MAX_PACKED_EXPERTS} experts can be packed, got {num_experts}.")
+    codes = torch.zeros(masks.shape[1:], dtype=torch.int32, device=masks.device)
+    for m in range(num_experts):
+        codes |= (masks[m] > 0.5).to(torch.int32) << m
+    return codes
+
+
+def code_table(weights: torch.Tensor) -> torch.Tensor:
+    """Table `[2^M]` of `Σ_m weights_m · bit_m(code)` for every code, differentiable w.r.t. `weights`."""
+    num_experts = weights.shape[0]
+    codes = torch.arange(2**num_experts, device=weights.device)
+    bits = ((codes[:, None] >> torch.arange(num_experts, device=weights.device)) & 1).to(weights.dtype)
+    return bits @ weights
+
+
+def merge_packed(codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The merged mask `Σ_m weights_m z_m` of packed binary masks."""
+    return code_table(weights)[codes]
+
+
+def merge_dense(masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The merged mask `Σ_m weights_m z_m` of masks `[M, *shape]`."""
+    return torch.tensordot(weights.to(masks.dtype), masks, dims=1)

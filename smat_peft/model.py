@@ -1,0 +1,521 @@
+# Copyright 2026-present the smat-peft authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`SmatModel`: the peft tuner that injects SMAT layers, owns the routers, and conditions the model on tasks."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from peft.utils import ModulesToSaveWrapper
+from torch import nn
+
+from . import __version__
+from .config import SmatConfig
+from .layer import SmatLayer, SmatModule
+from .peft_type import PREFIX
+from .router import RouterOutput, SmatRouter
+from .targets import (
+    DEFAULT_TARGET_MODULES,
+    FeatureFn,
+    default_features,
+    infer_feature_dim,
+    parameter_units,
+    reads_weights_directly,
+)
+from .validation import check_pixel_values, check_support
+
+
+class SmatModel(BaseTuner):
+    """
+    Sparse interpolated experts (SMAT) for a vision model, conditioned on a task's support set.
+
+    Every targeted module gets one shared dense delta `δ` per parameter and `M` hard-concrete masks; a router reads
+    the class prototypes of a support set (computed by the frozen pre-trained backbone) and outputs expert weights
+    `α`. Inside `with model.task(support_pixel_values, support_labels):` every SMAT layer uses
+    `θ_i = θ_pre + (Σ_m α_m z_m) ⊙ δ`, built once on entry.
+
+    Args:
+        model ([`torch.nn.Module`]): The model to adapt.
+        config ([`SmatConfig`]): The configuration of the SMAT adapter.
+        adapter_name (`str`): The name of the adapter, defaults to `"default"`.
+        low_cpu_mem_usage (`bool`): Create empty adapter weights on the meta device.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from transformers import ViTConfig, ViTModel
+    >>> from smat_peft import SmatConfig, get_smat_model
+    >>> vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                          intermediate_size=64, image_size=32, patch_size=8))
+    >>> model = get_smat_model(vit, SmatConfig(num_experts=4, sparsity=0.9))
+    >>> support, labels = torch.randn(10, 3, 32, 32), torch.arange(5).repeat(2)
+    >>> with model.task(support, labels):
+    ...     out = model(pixel_values=torch.randn(3, 3, 32, 32))
+    >>> model.expert_weights(support, labels).shape
+    torch.Size([4])
+    ```
+    """
+
+    prefix: str = PREFIX
+    tuner_layer_cls = SmatLayer
+    target_module_mapping = DEFAULT_TARGET_MODULES
+    # The routers live on the tuner, not in the layers.
+    uses_shared_state: bool = True
+
+    def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, state_dict=None) -> None:
+        self._feature_fn: Optional[FeatureFn] = None
+        self._in_task = False
+        self.last_router_outputs: dict[str, RouterOutput] = {}
+        super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # injection
+    def _prepare_adapter_config(self, peft_config: SmatConfig, model_config: dict) -> SmatConfig:
+        if peft_config.target_all_parameters or peft_config.target_modules is not None:
+            return peft_config
+        model_type = model_config.get("model_type")
+        if model_type not in self.target_module_mapping:
+            raise ValueError(
+                f"SMAT has no default target modules for model_type {model_type!r} (known: "
+                f"{sorted(self.target_module_mapping)}). Pass `target_modules` in the SmatConfig, e.g. "
+                "SmatConfig(target_modules=['qkv', 'proj', 'fc1', 'fc2']) for a timm ViT, or "
+                "`target_all_parameters=True` to adapt every parameter-owning module."
+            )
+        peft_config.target_modules = set(self.target_module_mapping[model_type])
+        return peft_config
+
+    def _prepare_model(self, peft_config: SmatConfig, model: nn.Module) -> None:
+        self._parameter_units = set(parameter_units(model)) if peft_config.target_all_parameters else set()
+
+    def _check_target_module_exists(self, peft_config: SmatConfig, key: str):
+        if peft_config.target_all_parameters:
+            if key not in self._parameter_units:
+                return False
+            probe = copy.copy(peft_config)
+            probe.target_modules = {key}
+            return check_target_module_exists(probe, key)
+        matched = check_target_module_exists(peft_config, key)
+        if matched and reads_weights_directly(self.model, key):
+            # e.g. SigLIP's pooling head: nn.MultiheadAttention reads out_proj.weight without calling out_proj.
+            return False
+        return matched
+
+    def _create_and_replace(
+        self, config: SmatConfig, adapter_name: str, target, target_name, parent, current_key, **kwargs
+    ) -> None:
+        base = target.get_base_layer() if isinstance(target, SmatLayer) else target
+        use_lora = config.lora_r is not None and isinstance(base, nn.Linear)
+        if use_lora and config.lora_target_modules is not None:
+            probe = copy.copy(config)
+            probe.target_modules, probe.exclude_modules = config.lora_target_modules, None
+            use_lora = bool(check_target_module_exists(probe, current_key))
+        if isinstance(target, SmatLayer):
+            target.update_layer(adapter_name, config, use_lora=use_lora)
+            return
+        new_module = self._create_new_module(config, adapter_name, target, use_lora=use_lora)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(config: SmatConfig, adapter_name: str, target: nn.Module, use_lora: bool = False):
+        if next(target.parameters(), None) is None:
+            raise TypeError(f"Target module {target} has no parameters; SMAT adapts modules that own parameters.")
+        return SmatModule(target, adapter_name, config, use_lora=use_lora)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        setattr(parent, child_name, new_module)
+        # the base layer keeps its device; the adapter was created on it in `update_layer`
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: Optional[dict[str, torch.Tensor]] = None,
+    ) -> None:
+        config: SmatConfig = self.peft_config[adapter_name]
+        model_class = type(model).__name__
+        if config.base_model_class is not None and config.base_model_class != model_class:
+            raise ValueError(
+                f"The SMAT adapter '{adapter_name}' was created for a {config.base_model_class}, but the base model "
+                f"is a {model_class}. Load it onto a {config.base_model_class} built from the same checkpoint."
+            )
+        if "smat_router" not in self._modules:
+            self.smat_router = nn.ModuleDict()
+        self.smat_router[adapter_name] = self._make_router(config, model)
+        try:
+            super().inject_adapter(
+                model,
+                adapter_name,
+                autocast_adapter_dtype=autocast_adapter_dtype,
+                low_cpu_mem_usage=low_cpu_mem_usage,
+                state_dict=state_dict,
+            )
+        except Exception:
+            del self.smat_router[adapter_name]
+            raise
+        fingerprint = self._target_fingerprint(adapter_name)
+        if config.target_fingerprint is not None and config.target_fingerprint != fingerprint:
+            raise ValueError(
+                f"The SMAT adapter '{adapter_name}' does not fit this {model_class}: the names and shapes of the "
+                f"parameters it adapts differ (adapter fingerprint {config.target_fingerprint}, this model "
+                f"{fingerprint}). It was created for a {config.base_model_class} with other dimensions or targets; "
+                "load it onto the base model it was trained from."
+            )
+        config.target_fingerprint = fingerprint
+        config.base_model_class = config.base_model_class or model_class
+        config.smat_version = config.smat_version or __version__
+
+    def _make_router(self, config: SmatConfig, model: nn.Module) -> SmatRouter:
+        feature_dim = config.feature_dim or infer_feature_dim(model)
+        if feature_dim is None:
+            raise ValueError(
+                f"Cannot infer the size of the support features of a {type(model).__name__} (it has no "
+                "transformers config). Pass it as SmatConfig(feature_dim=...), e.g. 384 for a ViT-S, and make sure "
+                "the model's output (or the function given to `set_feature_fn`) returns features of that size."
+            )
+        router = SmatRouter(
+            feature_dim=feature_dim,
+            num_experts=config.num_experts,
+            num_heads=config.router_num_heads,
+            mlp_ratio=config.router_mlp_ratio,
+            num_skill_tokens=config.router_num_skill_tokens,
+            spectral_norm=config.router_spectral_norm,
+            temperature=config.router_temperature,
+        )
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return router.to(device)
+
+    def _target_fingerprint(self, adapter_name: str) -> str:
+        entries = []
+        for name, layer in self.smat_layers():
+            if adapter_name in layer.smat_delta:
+                entries += [f"{name}.{p}:{tuple(d.shape)}" for p, d in zip(layer.param_names, layer.smat_delta[adapter_name])]
+        return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:16]
+
+    # ----------------------------------------------------------------------------------------------------------
+    # peft bookkeeping for the routers
+    def _set_router_requires_grad(self) -> None:
+        for name, router in self.smat_router.items():
+            trainable = name in self.active_adapters and not self.peft_config[name].inference_mode
+            router.requires_grad_(trainable)
+
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        super()._mark_only_adapters_as_trainable(model)
+        self._set_router_requires_grad()
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        for name, router in self.smat_router.items():
+            names = [adapter_name] if isinstance(adapter_name, str) else adapter_name
+            router.requires_grad_(name in names and not inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        if adapter_name in self.smat_router:
+            del self.smat_router[adapter_name]
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        # log α is stored in the configured mask dtype, which may deliberately be 16-bit; the router stays fp32.
+        dtype = getattr(torch, self.peft_config[adapter_name].mask_dtype)
+        for _, layer in self.smat_layers():
+            if adapter_name in layer.smat_log_alpha:
+                for log_alpha in layer.smat_log_alpha[adapter_name]:
+                    log_alpha.data = log_alpha.data.to(dtype)
+        if autocast_adapter_dtype and adapter_name in self.smat_router:
+            self.smat_router[adapter_name].float()
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # SMAT keys nest the adapter name after the container: `q_proj.smat_delta.<adapter>.0`,
+        # `smat_router.<adapter>.qkv.parametrizations.weight.original`; drop exactly that segment.
+        pattern = r"(\.?" + re.escape(PREFIX) + r"[a-zA-Z_]+)\." + re.escape(adapter_name) + r"(?=\.|$)"
+        return re.sub(pattern, r"\1", key, count=1)
+
+    def smat_layers(self) -> Iterator[tuple[str, SmatLayer]]:
+        """The SMAT layers of the model, with their module names."""
+        for name, module in self.model.named_modules():
+            if isinstance(module, SmatLayer):
+                yield name, module
+
+    # ----------------------------------------------------------------------------------------------------------
+    # support sets and tasks
+    def set_feature_fn(self, feature_fn: Optional[FeatureFn]) -> None:
+        """Use `feature_fn(model, pixel_values) -> [N, D]` for support features (`None`: the default).
+
+        The function runs with the adapters bypassed and without gradients, i.e. on the frozen pre-trained model.
+        """
+        self._feature_fn = feature_fn
+
+    @contextmanager
+    def _frozen_backbone(self) -> Iterator[None]:
+        layers = [layer for _, layer in self.smat_layers()]
+        for layer in layers:
+            layer._bypass = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer._bypass = False
+
+    def support_features(self, support_pixel_values: torch.Tensor, **forward_kwargs: Any) -> torch.Tensor:
+        """Features `[N, D]` of support images from the frozen pre-trained backbone (adapters bypassed, no grad)."""
+        check_pixel_values(self.model, support_pixel_values, "support_pixel_values")
+        feature_fn = self._feature_fn or default_features
+        with torch.no_grad(), self._frozen_backbone():
+            try:
+                features = feature_fn(self.model, support_pixel_values, **forward_kwargs)
+            except (RuntimeError, ValueError) as error:
+                raise ValueError(
+                    f"The backbone could not process support_pixel_values of shape "
+                    f"{tuple(support_pixel_values.shape)}: {error}. Preprocess the images with the model's image "
+                    "processor (size and channels of its config), or pass e.g. `interpolate_pos_encoding=True` to "
+                    "`task(...)` for a model that supports other image sizes."
+                ) from error
+        return features.float()
+
+    def prototypes(
+        self,
+        support_pixel_values: torch.Tensor,
+        support_labels: torch.Tensor,
+        num_classes: Optional[int] = None,
+        **forward_kwargs: Any,
+    ) -> torch.Tensor:
+        """Class prototypes `[num_classes, D]`: mean frozen-backbone features of each class's support images."""
+        labels, num_classes = check_support(support_pixel_values, support_labels, num_classes)
+        features = self.support_features(support_pixel_values, **forward_kwargs)
+        sums = torch.zeros(num_classes, features.shape[1], device=features.device).index_add_(
+            0, labels.to(features.device), features
+        )
+        counts = torch.bincount(labels, minlength=num_classes).to(features)
+        return sums / counts[:, None]
+
+    def route(self, prototypes: torch.Tensor, adapter_name: Optional[str] = None) -> RouterOutput:
+        """Expert weights of one adapter for given class prototypes."""
+        adapter_name = adapter_name or self.active_adapters[0]
+        router = self.smat_router[adapter_name]
+        if prototypes.shape[-1] != router.feature_dim:
+            raise ValueError(
+                f"The support features have size {prototypes.shape[-1]}, but the router of adapter "
+                f"'{adapter_name}' expects {router.feature_dim}. Set SmatConfig(feature_dim=...) to the size your "
+                "feature function returns."
+            )
+        out = router(prototypes.to(router.keys.device))
+        if not torch.isfinite(out.weights).all():
+            raise FloatingPointError(
+                f"The router of adapter '{adapter_name}' produced non-finite expert weights {out.weights.tolist()} "
+                "(non-finite support features or router parameters; check the inputs and the training loss)."
+            )
+        return out
+
+    @contextmanager
+    def task(
+        self,
+        support_pixel_values: torch.Tensor,
+        support_labels: torch.Tensor,
+        num_classes: Optional[int] = None,
+        **forward_kwargs: Any,
+    ) -> Iterator[dict[str, RouterOutput]]:
+        """Condition every SMAT layer on a support set; the task weights are built once, on entry.
+
+        Args:
+            support_pixel_values (`torch.Tensor` of shape `[N, C, H, W]`): The support images.
+            support_labels (`torch.Tensor` of shape `[N]`): Class indices in `[0, num_classes)`, every class present.
+            num_classes (`int`, *optional*): Number of classes (ways); defaults to `max(label) + 1`.
+            forward_kwargs: Passed to the backbone when computing support features (e.g.
+                `interpolate_pos_encoding=True`).
+
+        Yields:
+            `dict[str, RouterOutput]`: the router output of each active adapter.
+
+        Gradients flow from losses computed inside the context to `δ`, the masks and the router; since the
+        weights are built once, use one backward pass per context (one episode), as meta-training does.
+        """
+        if self._in_task:
+            raise RuntimeError("Already inside `model.task(...)`: task contexts cannot be nested.")
+        if any(layer.merged for _, layer in self.smat_layers()):
+            raise RuntimeError(
+                "The SMAT adapter is merged into the base weights; call `model.unmerge_adapter()` before "
+                "conditioning on a new task."
+            )
+        prototypes = self.prototypes(support_pixel_values, support_labels, num_classes, **forward_kwargs)
+        if self.training:
+            for _, layer in self.smat_layers():
+                layer.clip_mask_logits_()
+        outputs = {name: self.route(prototypes, name) for name in self.active_adapters if name in self.smat_router}
+        layers = [layer for _, layer in self.smat_layers()]
+        try:
+            for layer in layers:
+                for name, out in outputs.items():
+                    layer.set_task(name, out.weights)
+            self._in_task = True
+            self.last_router_outputs = outputs
+            yield outputs
+        finally:
+            for layer in layers:
+                if layer.merged:
+                    layer.unmerge()
+                layer.clear_task()
+            self._in_task = False
+
+    def expert_weights(
+        self,
+        support_pixel_values: torch.Tensor,
+        support_labels: torch.Tensor,
+        num_classes: Optional[int] = None,
+        adapter_name: Optional[str] = None,
+        **forward_kwargs: Any,
+    ) -> torch.Tensor:
+        """Expert weights α `[num_experts]` (summing to 1) the router gives this support set."""
+        prototypes = self.prototypes(support_pixel_values, support_labels, num_classes, **forward_kwargs)
+        return self.route(prototypes, adapter_name).weights
+
+    def merge_task(
+        self,
+        support_pixel_values: torch.Tensor,
+        support_labels: torch.Tensor,
+        num_classes: Optional[int] = None,
+        **forward_kwargs: Any,
+    ) -> nn.Module:
+        """A plain copy of the base model with the task's weights `θ_i` written in; `self` is left unchanged.
+
+        The copy has the base model's class, no SMAT layers and no peft wrapper: zero inference overhead. The
+        deterministic (eval-mode) masks and router are used; the copy's parameters are trainable, as after
+        `from_pretrained`.
+        """
+        memo: dict[int, Any] = {}
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), self.task(support_pixel_values, support_labels, num_classes, **forward_kwargs):
+                for _, layer in self.smat_layers():
+                    memo[id(layer)] = self._merged_copy(layer)
+        finally:
+            self.train(was_training)
+        for module in self.model.modules():
+            if isinstance(module, ModulesToSaveWrapper):
+                active = module.active_adapter
+                memo[id(module)] = copy.deepcopy(
+                    module.modules_to_save[active] if active in module.modules_to_save else module.original_module
+                )
+        memo[id(self.model.peft_config)] = {}
+        merged = copy.deepcopy(self.model, memo)
+        del merged.peft_config
+        merged.requires_grad_(True)  # like a freshly loaded model
+        return merged
+
+    @staticmethod
+    def _merged_copy(layer: SmatLayer) -> nn.Module:
+        """A copy of the layer's base module holding the current task's parameters (LoRA folded in)."""
+        params = layer.effective_params()
+        lora = [a for a in layer._active_smat_adapters() if a in layer.smat_lora_A]
+        if lora:
+            index = layer.param_names.index("weight")
+            params = list(params)
+            params[index] = params[index] + sum(layer._lora_weight(a).to(params[index].dtype) for a in lora)
+        replacements = {id(p): nn.Parameter(v.detach().clone()) for p, v in zip(layer.base_params, params)}
+        return copy.deepcopy(layer.get_base_layer(), replacements)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # sparsity
+    def expert_sparsity(self, adapter_name: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-expert `(measured_sparsity, expected_density)` over all adapted parameters of one adapter.
+
+        `measured_sparsity` counts zeros of the masks of the last task (eval masks if there was none; no gradient);
+        `expected_density` is the expected-L0 fraction of non-zeros, differentiable w.r.t. the mask logits.
+        """
+        adapter_name = adapter_name or self.active_adapters[0]
+        total, nonzero, expected = 0, 0, 0
+        for _, layer in self.smat_layers():
+            if adapter_name not in layer.smat_delta:
+                continue
+            if adapter_name not in layer.last_mask_nonzero:
+                num_experts = self.peft_config[adapter_name].num_experts
+                with torch.no_grad():
+                    was_training = layer.training
+                    layer.eval()
+                    layer.merged_masks(adapter_name, torch.full((num_experts,), 1.0 / num_experts))
+                    layer.train(was_training)
+            total += layer.num_masked_elements
+            nonzero = nonzero + layer.last_mask_nonzero[adapter_name]
+            expected = expected + layer.expected_nonzero(adapter_name)
+        return 1.0 - nonzero / total, expected / total
+
+    def sparsity_report(self, adapter_name: Optional[str] = None) -> dict[str, Any]:
+        """Measured sparsity and expected density of the eval masks, per expert, per module type and per block.
+
+        Returns:
+            `dict` with keys `"target"` (τ), `"per_expert"` (list of `{"expert", "measured_sparsity",
+            "expected_density"}`), `"per_module_type"` and `"per_block"` (name → the same two lists, one value per
+            expert) and `"overall"` (mean over experts).
+        """
+        adapter_name = adapter_name or self.active_adapters[0]
+        config = self.peft_config[adapter_name]
+        groups: dict[str, dict[str, dict[str, Any]]] = {"per_module_type": {}, "per_block": {}}
+        totals = {"n": 0, "zeros": 0, "expected": 0}
+        with torch.no_grad():
+            for name, layer in self.smat_layers():
+                if adapter_name not in layer.smat_delta:
+                    continue
+                stats = self._layer_mask_stats(layer, adapter_name)
+                block = re.search(r"\.(\d+)\.", f".{name}.")
+                keys = {"per_module_type": name.rsplit(".", 1)[-1], "per_block": block.group(1) if block else "other"}
+                for group, key in keys.items():
+                    entry = groups[group].setdefault(key, {"n": 0, "zeros": 0, "expected": 0})
+                    for k in entry:
+                        entry[k] = entry[k] + stats[k]
+                for k in totals:
+                    totals[k] = totals[k] + stats[k]
+
+        def summary(entry: dict[str, Any]) -> dict[str, list[float]]:
+            return {
+                "measured_sparsity": (entry["zeros"] / entry["n"]).tolist(),
+                "expected_density": (entry["expected"] / entry["n"]).tolist(),
+            }
+
+        overall = summary(totals)
+        return {
+            "target": config.sparsity,
+            "per_expert": [
+                {"expert": m, "measured_sparsity": s, "expected_density": d}
+                for m, (s, d) in enumerate(zip(overall["measured_sparsity"], overall["expected_density"]))
+            ],
+            "per_module_type": {k: summary(v) for k, v in groups["per_module_type"].items()},
+            "per_block": {k: summary(v) for k, v in sorted(groups["per_block"].items())},
+            "overall": {k: sum(v) / len(v) for k, v in overall.items()},
+        }
+
+    @staticmethod
+    def _layer_mask_stats(layer: SmatLayer, adapter_name: str) -> dict[str, Any]:
+        config = layer.smat_config[adapter_name]
+        zeros = torch.zeros(config.num_experts)
+        for index, p in enumerate(layer.base_params):
+            value, packed = layer._eval_mask(adapter_name, index)
+            repeat = p.numel() // layer.smat_log_alpha[adapter_name][index][0].numel()
+            if packed:
+                per_expert = torch.stack([((value >> m) & 1).sum() for m in range(config.num_experts)])
+                zeros += (value.numel() - per_expert).float().cpu() * repeat
+            else:
+                zeros += (value == 0).flatten(1).sum(1).float().cpu() * repeat
+        return {"n": layer.num_masked_elements, "zeros": zeros, "expected": layer.expected_nonzero(adapter_name).cpu()}
