@@ -301,26 +301,27 @@ class SmatModule(nn.Module, SmatLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, use_lora=use_lora)
 
-    def _run(self, params: list[torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def _run(self, params: list[torch.Tensor], *args: Any, **kwargs: Any) -> Any:
         base = self.get_base_layer()
-        if type(base) is nn.Linear and not args and not kwargs:
+        if type(base) is nn.Linear and len(args) == 1 and not kwargs:
             weight = params[0]
             bias = params[1] if len(params) > 1 else None
-            return F.linear(self._cast_input_dtype(x, weight.dtype), weight, bias)
-        return functional_call(base, dict(zip(self.param_names, params)), (x, *args), kwargs)
+            return F.linear(self._cast_input_dtype(args[0], weight.dtype), weight, bias)
+        return functional_call(base, dict(zip(self.param_names, params)), args, kwargs)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.disable_adapters and self.merged:
             self.unmerge()
         if self.disable_adapters or (self._bypass and not self.merged):
-            return self.base_layer(x, *args, **kwargs)
+            return self.base_layer(*args, **kwargs)
         if self._bypass:  # merged, but the frozen pre-trained weights are asked for
-            return self._run(self._original_params, x, *args, **kwargs)
+            return self._run(self._original_params, *args, **kwargs)
         active = self._active_smat_adapters()
         if self.merged or not active:
-            return self.base_layer(x, *args, **kwargs)
-        previous_dtype = x.dtype if isinstance(x, torch.Tensor) else None
-        result = self._run(self.effective_params(), x, *args, **kwargs)
+            return self.base_layer(*args, **kwargs)
+        x = args[0] if args else None
+        previous_dtype = x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else None
+        result = self._run(self.effective_params(), *args, **kwargs)
         for adapter in active:
             if adapter not in self.smat_lora_A:
                 continue
@@ -330,6 +331,16 @@ class SmatModule(nn.Module, SmatLayer):
         if previous_dtype is not None and isinstance(result, torch.Tensor) and result.is_floating_point():
             result = result.to(previous_dtype)
         return result
+
+    def __getattr__(self, name: str) -> Any:
+        # Model code reads attributes of the modules it owns (e.g. ViT reads
+        # `embeddings.patch_embeddings.projection.weight.dtype`): forward what the wrapper lacks to the base module.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
 
     def __repr__(self) -> str:
         return "smat." + super().__repr__()

@@ -160,6 +160,7 @@ class SmatModel(BaseTuner):
                 f"The SMAT adapter '{adapter_name}' was created for a {config.base_model_class}, but the base model "
                 f"is a {model_class}. Load it onto a {config.base_model_class} built from the same checkpoint."
             )
+        self._prepare_adapter_config(config, self.get_model_config(model))  # fail on targets before the router
         if "smat_router" not in self._modules:
             self.smat_router = nn.ModuleDict()
         self.smat_router[adapter_name] = self._make_router(config, model)
@@ -190,8 +191,8 @@ class SmatModel(BaseTuner):
         feature_dim = config.feature_dim or infer_feature_dim(model)
         if feature_dim is None:
             raise ValueError(
-                f"Cannot infer the size of the support features of a {type(model).__name__} (it has no "
-                "transformers config). Pass it as SmatConfig(feature_dim=...), e.g. 384 for a ViT-S, and make sure "
+                f"Cannot infer the size of the support features of a {type(model).__name__}. Pass it as "
+                "SmatConfig(feature_dim=...), e.g. 384 for a ViT-S, and make sure "
                 "the model's output (or the function given to `set_feature_fn`) returns features of that size."
             )
         router = SmatRouter(
@@ -245,6 +246,14 @@ class SmatModel(BaseTuner):
                     log_alpha.data = log_alpha.data.to(dtype)
         if autocast_adapter_dtype and adapter_name in self.smat_router:
             self.smat_router[adapter_name].float()
+
+    def _unload_and_optionally_merge(self, merge: bool = True, **kwargs: Any) -> nn.Module:
+        layers = [layer for _, layer in self.smat_layers()]
+        model = super()._unload_and_optionally_merge(merge=merge, **kwargs)
+        for layer in layers:
+            # The base modules now belong to the returned model: leaving a task must not restore them.
+            layer._original_params, layer.merged_adapters = None, []
+        return model
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:

@@ -92,7 +92,10 @@ def infer_feature_dim(model: nn.Module) -> Optional[int]:
         return None
     if config.model_type == "swin":
         return int(config.embed_dim * 2 ** (len(config.depths) - 1))
-    return getattr(config, "hidden_size", None)
+    if getattr(config, "hidden_size", None):
+        return config.hidden_size
+    sizes = getattr(config, "hidden_sizes", None)  # convolutional backbones (ResNet, ConvNeXt)
+    return sizes[-1] if sizes else None
 
 
 def default_features(model: nn.Module, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:

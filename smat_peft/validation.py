@@ -22,20 +22,21 @@ from torch import nn
 
 
 def check_pixel_values(model: nn.Module, pixel_values: torch.Tensor, name: str) -> None:
-    """Raise a `ValueError` if `pixel_values` is not a finite `[N, C, H, W]` batch with the model's channels."""
+    """Raise if `pixel_values` is not a finite, non-empty batch; for vision configs also check `[N, C, H, W]`."""
     if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape [N, C, H, W], got {type(pixel_values).__name__}.")
-    if pixel_values.ndim != 4:
-        raise ValueError(f"`{name}` must have shape [N, C, H, W], got shape {tuple(pixel_values.shape)}.")
-    if pixel_values.shape[0] == 0:
-        raise ValueError(f"`{name}` is empty: a support set needs at least one image per class.")
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim == 0 or pixel_values.shape[0] == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(pixel_values.shape)}): pass at least one image per class.")
     channels = getattr(getattr(model, "config", None), "num_channels", None)
-    if channels is not None and pixel_values.shape[1] != channels:
-        raise ValueError(
-            f"`{name}` has {pixel_values.shape[1]} channels but the model takes {channels} "
-            f"(shape {tuple(pixel_values.shape)}); convert the images (e.g. grayscale → RGB) with the model's image "
-            "processor."
-        )
+    if channels is not None:
+        if pixel_values.ndim != 4:
+            raise ValueError(f"`{name}` must have shape [N, C, H, W], got shape {tuple(pixel_values.shape)}.")
+        if pixel_values.shape[1] != channels:
+            raise ValueError(
+                f"`{name}` has {pixel_values.shape[1]} channels but the model takes {channels} "
+                f"(shape {tuple(pixel_values.shape)}); convert the images (e.g. grayscale to RGB) with the model's "
+                "image processor."
+            )
     if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():
         raise ValueError(f"`{name}` contains NaN or infinite values.")
 

@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+
+from smat_peft.masks import HardConcrete, merge_dense, merge_packed, pack_binary
+
+
+def test_expected_density_matches_monte_carlo():
+    hc = HardConcrete(beta=2 / 3, gamma=-0.1, zeta=1.1, noise=True)
+    log_alpha = torch.linspace(-3, 3, 13)
+    samples = torch.stack([hc.sample(log_alpha.expand(20000, -1)) for _ in range(5)])
+    monte_carlo = (samples > 0).float().mean(dim=(0, 1))
+    assert torch.allclose(hc.prob_nonzero(log_alpha), monte_carlo, atol=0.01)
+
+
+def test_expected_density_formula():
+    hc = HardConcrete()
+    log_alpha = torch.tensor([0.0])
+    expected = 1 / (1 + math.exp(-(0.0 - (2 / 3) * math.log(0.1 / 1.1))))
+    assert hc.prob_nonzero(log_alpha).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_eval_mask_is_deterministic_and_exact_at_the_clip_bounds():
+    hc = HardConcrete()
+    log_alpha = torch.tensor([-math.log(100), 0.0, math.log(100)])
+    assert hc.eval_mask(log_alpha).tolist() == pytest.approx([0.0, 0.5, 1.0])
+    assert torch.equal(hc.eval_mask(log_alpha), hc.eval_mask(log_alpha))
+
+
+def test_training_mask_without_noise_is_the_reference_code_mask():
+    hc = HardConcrete(noise=False)
+    log_alpha = torch.randn(100)
+    expected = (1.2 * torch.sigmoid(1.5 * log_alpha) - 0.1).clamp(0, 1)
+    assert torch.allclose(hc.sample(log_alpha), expected, atol=1e-6)
+    assert torch.equal(hc.sample(log_alpha), hc.sample(log_alpha))
+
+
+def test_training_mask_with_noise_is_random_and_differentiable():
+    hc = HardConcrete(noise=True)
+    log_alpha = torch.zeros(1000, requires_grad=True)
+    first, second = hc.sample(log_alpha), hc.sample(log_alpha)
+    assert not torch.equal(first, second)
+    assert ((first == 0) | (first == 1)).any() and ((first > 0) & (first < 1)).any()
+    first.sum().backward()
+    assert log_alpha.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("num_experts", [1, 4, 8, 16])
+def test_packed_binary_merge_equals_dense_merge(num_experts):
+    masks = (torch.rand(num_experts, 7, 5) > 0.7).float()
+    weights = torch.rand(num_experts, requires_grad=True)
+    packed = merge_packed(pack_binary(masks), weights)
+    dense = merge_dense(masks, weights)
+    assert torch.allclose(packed, dense, atol=1e-6)
+    packed.sum().backward()
+    assert torch.allclose(weights.grad, masks.sum(dim=(1, 2)))
+
+
+def test_pack_refuses_too_many_experts():
+    with pytest.raises(ValueError, match="At most 16"):
+        pack_binary(torch.ones(17, 3))
