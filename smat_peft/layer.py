@@ -123,9 +123,8 @@ class SmatLayer(BaseTunerLayer):
                 nn.init.zeros_(self.smat_lora_B[adapter_name].weight)
             else:
                 nn.init.normal_(self.smat_lora_B[adapter_name].weight, std=0.02)
-            self.smat_lora_dropout[adapter_name] = (
-                nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-            )
+            dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+            self.smat_lora_dropout[adapter_name] = dropout.train(getattr(self, "training", True))
             self.smat_lora_scaling[adapter_name] = config.lora_alpha / config.lora_r
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 

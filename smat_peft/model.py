@@ -131,6 +131,7 @@ class SmatModel(BaseTuner):
             target.update_layer(adapter_name, config, use_lora=use_lora)
             return
         new_module = self._create_new_module(config, adapter_name, target, use_lora=use_lora)
+        new_module.train(target.training)  # an adapter added to a model in eval mode must not sample masks
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -163,7 +164,7 @@ class SmatModel(BaseTuner):
         self._prepare_adapter_config(config, self.get_model_config(model))  # fail on targets before the router
         if "smat_router" not in self._modules:
             self.smat_router = nn.ModuleDict()
-        self.smat_router[adapter_name] = self._make_router(config, model)
+        self.smat_router[adapter_name] = self._make_router(config, model).train(model.training)
         try:
             super().inject_adapter(
                 model,

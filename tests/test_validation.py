@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from smat_peft import SmatConfig, get_smat_model
+from tiny_models import make_tiny_model, random_pixels
+
+
+@pytest.fixture
+def model():
+    return get_smat_model(make_tiny_model("vit_cls"), SmatConfig(num_experts=4)).eval()
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (torch.tensor([0, 1, 2, 3, 5, 0, 1, 2, 3, 5]), r"Classes \[4\] have no support image"),
+        (torch.tensor([0, 1, 2, 3, -1, 0, 1, 2, 3, 4]), r"class indices in \[0, 5\)"),
+        (torch.tensor([0, 1, 2, 3, 4]), "10 images but `support_labels` has 5 labels"),
+        (torch.tensor([0.0, 1, 2, 3, 4, 0, 1, 2, 3, 4]), "integer class indices"),
+        (torch.zeros(10, 2, dtype=torch.long), r"shape \[N\]"),
+    ],
+)
+def test_bad_support_labels(model, labels, match):
+    with pytest.raises(ValueError, match=match):
+        with model.task(random_pixels(10), labels):
+            pass
+
+
+def test_labels_outside_num_classes(model):
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        model.expert_weights(random_pixels(5), torch.tensor([0, 1, 2, 3, 4]), num_classes=3)
+
+
+def test_empty_support(model):
+    with pytest.raises(ValueError, match="empty"):
+        model.expert_weights(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))
+
+
+def test_wrong_channels(model):
+    with pytest.raises(ValueError, match="1 channels but the model takes 3"):
+        model.expert_weights(torch.randn(5, 1, 32, 32), torch.arange(5))
+
+
+def test_wrong_rank(model):
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        model.expert_weights(torch.randn(5, 3, 32), torch.arange(5))
+
+
+def test_image_size_the_model_cannot_take(model):
+    with pytest.raises(ValueError, match=r"could not process support_pixel_values of shape \(5, 3, 48, 48\).*interpolate_pos_encoding"):
+        model.expert_weights(random_pixels(5, size=48), torch.arange(5))
+    # the suggested fix works
+    weights = model.expert_weights(random_pixels(5, size=48), torch.arange(5), interpolate_pos_encoding=True)
+    assert torch.isclose(weights.sum(), torch.tensor(1.0))
+
+
+def test_non_finite_support(model):
+    pixels = random_pixels(5)
+    pixels[2, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.expert_weights(pixels, torch.arange(5))
+
+
+def test_non_finite_router_output(model):
+    with torch.no_grad():
+        model.base_model.smat_router["default"].keys.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite expert weights"):
+        model.expert_weights(random_pixels(5), torch.arange(5))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_experts=0), "num_experts"),
+        (dict(sparsity=1.0), r"sparsity.*\[0, 1\)"),
+        (dict(hard_concrete_gamma=0.1), "stretch interval"),
+        (dict(mask_dtype="int8"), "mask_dtype"),
+        (dict(outside_task="ignore"), "outside_task"),
+        (dict(lora_r=0), "lora_r"),
+        (dict(lora_target_modules=["q_proj"]), "lora_r"),
+        (dict(feature_dim=30), "multiple of `router_num_heads`"),
+        (dict(layers_pattern="layers"), "layers_to_transform"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SmatConfig(**kwargs)
+
+
+def test_get_smat_model_needs_a_smat_config():
+    from peft import LoraConfig
+
+    with pytest.raises(TypeError, match="SmatConfig"):
+        get_smat_model(make_tiny_model("vit"), LoraConfig(target_modules=["q_proj"]))
