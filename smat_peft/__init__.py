@@ -16,6 +16,7 @@
 __version__ = "0.1.0"
 
 from .config import SmatConfig  # noqa: E402
+from .hub import install_push_to_hub, push_smat_to_hub, smat_model_card  # noqa: E402
 from .layer import SmatLayer, SmatModule  # noqa: E402
 from .model import SmatModel  # noqa: E402
 from .peft_type import SmatPeftType, register_with_peft  # noqa: E402
@@ -23,6 +24,7 @@ from .router import RouterOutput, SmatRouter  # noqa: E402
 
 
 register_with_peft(SmatConfig, SmatModel)
+install_push_to_hub()
 
 
 def get_smat_model(model, config: SmatConfig, adapter_name: str = "default", **kwargs):
@@ -57,4 +59,6 @@ __all__ = [
     "SmatRouter",
     "__version__",
     "get_smat_model",
+    "push_smat_to_hub",
+    "smat_model_card",
 ]

@@ -138,19 +138,25 @@ class SmatLayer(BaseTunerLayer):
                 for log_alpha in logits:
                     log_alpha.clamp_(-clip, clip)
 
-    def _eval_mask(self, adapter: str, index: int) -> tuple[torch.Tensor, bool]:
-        """Deterministic masks of one parameter, cached until `log α` changes: packed codes if binary, else dense."""
+    def _eval_mask(self, adapter: str, index: int) -> tuple[torch.Tensor, bool, torch.Tensor]:
+        """Deterministic masks of one parameter, cached until `log α` changes.
+
+        Returns `(masks, packed, nonzero)`: packed int32 codes if every mask is binary (else dense `[M, ...]`
+        masks), and the number of non-zero elements of each expert's mask over the whole parameter.
+        """
         log_alpha = self.smat_log_alpha[adapter][index]
         key = (log_alpha._version, log_alpha.data_ptr(), log_alpha.dtype, log_alpha.device)
         cached = self._eval_masks.get((adapter, index))
         if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+            return cached[1:]
         with torch.no_grad():
             masks = hard_concrete(self.smat_config[adapter]).eval_mask(log_alpha)
+            repeat = self.base_params[index].numel() // masks[0].numel()
+            nonzero = (masks > 0).flatten(1).sum(1).float() * repeat
             packed = masks.shape[0] <= MAX_PACKED_EXPERTS and bool(((masks == 0) | (masks == 1)).all())
             value = pack_binary(masks) if packed else masks
-        self._eval_masks[(adapter, index)] = (key, value, packed)
-        return value, packed
+        self._eval_masks[(adapter, index)] = (key, value, packed, nonzero)
+        return value, packed, nonzero
 
     def merged_masks(self, adapter: str, weights: torch.Tensor) -> list[torch.Tensor]:
         """`Σ_m α_m z_m` for every adapted parameter: sampled hard-concrete masks in training, eval masks otherwise.
@@ -160,20 +166,14 @@ class SmatLayer(BaseTunerLayer):
         config = self.smat_config[adapter]
         merged, nonzero = [], torch.zeros(config.num_experts, device=weights.device)
         for index, p in enumerate(self.base_params):
-            repeat = p.numel() // self.smat_log_alpha[adapter][index][0].numel()
             if self.training:
                 masks = hard_concrete(config).sample(self.smat_log_alpha[adapter][index])
                 merged.append(merge_dense(masks, weights))
-                nonzero += (masks.detach() > 0).flatten(1).sum(1) * repeat
+                nonzero += (masks.detach() > 0).flatten(1).sum(1) * (p.numel() // masks[0].numel())
                 continue
-            value, packed = self._eval_mask(adapter, index)
-            if packed:
-                merged.append(merge_packed(value, weights.float()))
-                bits = torch.arange(config.num_experts, device=value.device)
-                nonzero += torch.stack([((value >> b) & 1).sum() for b in bits]).to(nonzero) * repeat
-            else:
-                merged.append(merge_dense(value, weights))
-                nonzero += (value > 0).flatten(1).sum(1) * repeat
+            value, packed, count = self._eval_mask(adapter, index)
+            merged.append(merge_packed(value, weights.float()) if packed else merge_dense(value, weights))
+            nonzero += count.to(nonzero.device)
         self.last_mask_nonzero[adapter] = nonzero
         return merged
 

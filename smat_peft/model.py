@@ -518,14 +518,6 @@ class SmatModel(BaseTuner):
 
     @staticmethod
     def _layer_mask_stats(layer: SmatLayer, adapter_name: str) -> dict[str, Any]:
-        config = layer.smat_config[adapter_name]
-        zeros = torch.zeros(config.num_experts)
-        for index, p in enumerate(layer.base_params):
-            value, packed = layer._eval_mask(adapter_name, index)
-            repeat = p.numel() // layer.smat_log_alpha[adapter_name][index][0].numel()
-            if packed:
-                per_expert = torch.stack([((value >> m) & 1).sum() for m in range(config.num_experts)])
-                zeros += (value.numel() - per_expert).float().cpu() * repeat
-            else:
-                zeros += (value == 0).flatten(1).sum(1).float().cpu() * repeat
-        return {"n": layer.num_masked_elements, "zeros": zeros, "expected": layer.expected_nonzero(adapter_name).cpu()}
+        nonzero = sum(layer._eval_mask(adapter_name, index)[2].cpu() for index in range(len(layer.param_names)))
+        n = layer.num_masked_elements
+        return {"n": n, "zeros": n - nonzero, "expected": layer.expected_nonzero(adapter_name).detach().cpu()}

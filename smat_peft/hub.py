@@ -1,0 +1,301 @@
+# Copyright 2026-present the smat-peft authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Sharing SMAT adapters on the Hugging Face Hub: a SMAT model card, and `push_smat_to_hub`.
+
+`import smat_peft` routes `model.push_to_hub(...)` of SMAT adapters to `push_smat_to_hub`. Why: `PeftModel` inherits transformers' `PushToHubMixin.push_to_hub`, which saves
+the adapter (peft writes its own README.md) and then overwrites README.md with the card already on the Hub's `main`
+branch or, for a new repo, with transformers' generic template (`library_name: transformers`, no tags). Neither peft
+nor transformers lets the tuner or its config contribute to that card. `push_smat_to_hub` saves the adapter, replaces
+README.md with `smat_model_card(...)` and uploads the folder in one commit, so the card that lands is SMAT's.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import peft
+import transformers
+from huggingface_hub import HfApi, ModelCardData
+
+from . import __version__
+from .config import SmatConfig
+
+
+PAPER_URL = "https://arxiv.org/abs/2403.08477"
+CARD_TAGS = ("smat-peft", "peft", "few-shot")
+DEFAULT_COMMIT_MESSAGE = "Upload SMAT adapter"
+
+
+def _format_targets(config: SmatConfig) -> str:
+    if config.target_all_parameters:
+        return "every parameter-owning module except the classifier (LayerNorms, embeddings, attention, MLP)"
+    targets = config.target_modules
+    if targets is None:
+        return "the default attention and MLP linears of the architecture"
+    if isinstance(targets, str):
+        return f"modules matching the regex `{targets}`"
+    return ", ".join(f"`{name}`" for name in sorted(targets))
+
+
+def _format_accuracy(domain: str, value: Union[float, str]) -> str:
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"`eval_results[{domain!r}]` must be an accuracy in [0, 1] or [0, 100], got {value}.")
+    return f"{100.0 * value if value <= 1.0 else value:.2f}"
+
+
+def _evaluation_section(eval_results: Mapping[str, Union[float, str]]) -> list[str]:
+    rows = [f"| {domain} | {_format_accuracy(domain, value)} |" for domain, value in eval_results.items()]
+    numeric = [float(_format_accuracy(d, v)) for d, v in eval_results.items() if not isinstance(v, str)]
+    if 1 < len(numeric) == len(eval_results):
+        rows.append(f"| **mean** | **{sum(numeric) / len(numeric):.2f}** |")
+    return ["## Evaluation", "", "| Domain | Accuracy (%) |", "|---|---|", *rows, ""]
+
+
+def _meta_training_section(meta_training: Mapping[str, Any]) -> list[str]:
+    lines = ["## Meta-training", ""]
+    for key, value in meta_training.items():
+        if key in ("datasets", "data") and isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value)
+        label = {"datasets": "Data", "data": "Data", "steps": "Steps"}.get(key, key.replace("_", " ").capitalize())
+        lines.append(f"- **{label}:** {value}")
+    return [*lines, ""]
+
+
+def _usage_section(
+    config: SmatConfig, base_model: Optional[str], repo_id: Optional[str], revision: Optional[str],
+    subfolder: Optional[str],
+) -> list[str]:
+    # the recorded class, if transformers has it (a timm or custom base model gets the generic loader)
+    base_class = config.base_model_class if hasattr(transformers, config.base_model_class or "") else "AutoModel"
+    load_args = [f'"{repo_id or "<repo_id>"}"']
+    load_args += [f'{name}="{value}"' for name, value in (("revision", revision), ("subfolder", subfolder)) if value]
+    return [
+        "## Usage",
+        "",
+        "```python",
+        "import torch",
+        "from peft import PeftModel",
+        f"from transformers import {base_class}",
+        "",
+        "import smat_peft  # registers the SMAT adapter type with peft",
+        "",
+        f'base = {base_class}.from_pretrained("{base_model or "<base_model>"}")',
+        f"model = PeftModel.from_pretrained(base, {', '.join(load_args)}).eval()",
+        "",
+        "# A few labelled images of the new task: support_pixel_values [N, 3, H, W], support_labels [N] in [0, ways)",
+        "with torch.no_grad(), model.task(support_pixel_values, support_labels):",
+        "    outputs = model(pixel_values=query_pixel_values)",
+        "```",
+        "",
+    ]
+
+
+def smat_model_card(
+    config: SmatConfig,
+    *,
+    base_model: Optional[str] = None,
+    eval_results: Optional[Mapping[str, Union[float, str]]] = None,
+    meta_training: Optional[Mapping[str, Any]] = None,
+    license: str = "apache-2.0",
+    repo_id: Optional[str] = None,
+    revision: Optional[str] = None,
+    subfolder: Optional[str] = None,
+) -> str:
+    """Build the README.md (model card) of a SMAT adapter.
+
+    Args:
+        config (`SmatConfig`): The adapter's configuration.
+        base_model (`str`, *optional*): Hub id of the base model; defaults to `config.base_model_name_or_path`.
+        eval_results (`Mapping[str, float | str]`, *optional*): Domain → few-shot accuracy, as a fraction in [0, 1]
+            or a percentage in (1, 100] (shown as a percentage), or a preformatted `str` such as `"71.3 ± 0.8"`.
+        meta_training (`Mapping[str, Any]`, *optional*): How the adapter was meta-trained, e.g.
+            `{"datasets": ["ilsvrc_2012", "omniglot"], "steps": 50000}`; other keys are listed as they are.
+        license (`str`): License identifier for the card's metadata.
+        repo_id, revision, subfolder (`str`, *optional*): Where the adapter lives, used in the usage snippet.
+
+    Returns:
+        `str`: the card, YAML front matter (`library_name: peft`, tags `smat-peft`, `peft`, `few-shot`,
+        `base_model`, `license`) followed by a Markdown body.
+
+    Example:
+
+    ```py
+    >>> from smat_peft import SmatConfig
+    >>> from smat_peft.hub import smat_model_card
+    >>> card = smat_model_card(SmatConfig(num_experts=8, sparsity=0.9), base_model="facebook/dino-vits16",
+    ...                        eval_results={"omniglot": 0.91, "aircraft": 0.78})
+    >>> card.splitlines()[0], "library_name: peft" in card, "| omniglot | 91.00 |" in card
+    ('---', True, True)
+    ```
+    """
+    base_model = base_model or config.base_model_name_or_path or None
+    card_data = ModelCardData(base_model=base_model, library_name="peft", license=license, tags=list(CARD_TAGS))
+    title = f"SMAT adapter for {base_model}" if base_model else "SMAT adapter"
+    lines = [
+        "---",
+        card_data.to_yaml(),
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"A [SMAT]({PAPER_URL}) (Sparse MetA-Tuning) adapter, made with `smat-peft` on top of [PEFT]"
+        "(https://github.com/huggingface/peft): sparse interpolated experts for a frozen vision transformer.",
+        "A router reads the class prototypes of a task's support set and mixes the experts' sparse masks into one "
+        "task-specific weight update, so the model adapts to a new few-shot task without fine-tuning.",
+        "",
+        "## Adapter",
+        "",
+        f"- **Base model:** {base_model or 'not recorded'}"
+        + (f" (`{config.base_model_class}`)" if config.base_model_class else ""),
+        f"- **Number of experts (M):** {config.num_experts}",
+        f"- **Target sparsity (τ):** {config.sparsity}",
+        f"- **Targets:** {_format_targets(config)}",
+    ]
+    if config.modules_to_save:
+        lines.append(f"- **Trained in full:** {', '.join(f'`{m}`' for m in sorted(config.modules_to_save))}")
+    if config.lora_r is not None:
+        lines.append(f"- **LoRA inside SMAT layers:** rank {config.lora_r}, alpha {config.lora_alpha}")
+    lines += [f"- **Mask storage:** {config.mask_dtype}" + (", structured" if config.structured_mask else ""), ""]
+    if meta_training:
+        lines += _meta_training_section(meta_training)
+    if eval_results:
+        lines += _evaluation_section(eval_results)
+    lines += _usage_section(config, base_model, repo_id, revision, subfolder)
+    lines += [
+        "### Framework versions",
+        "",
+        f"- smat-peft {config.smat_version or __version__}",
+        f"- PEFT {config.peft_version or peft.__version__}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def push_smat_to_hub(
+    model: Any,
+    repo_id: str,
+    *,
+    private: Optional[bool] = None,
+    revision: Optional[str] = None,
+    subfolder: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    eval_results: Optional[Mapping[str, Union[float, str]]] = None,
+    meta_training: Optional[Mapping[str, Any]] = None,
+    token: Optional[Union[str, bool]] = None,
+) -> str:
+    """Push a SMAT `PeftModel` to the Hub with a SMAT model card, in one commit.
+
+    Creates the repo if needed (`private` is ignored for an existing repo, as in `push_to_hub`) and the branch
+    `revision` if it does not exist yet (from `main`), saves the adapter(s) with `model.save_pretrained`, replaces
+    the README.md peft wrote with `smat_model_card(...)` for the active adapter, and uploads the folder to
+    `subfolder` (the repo root by default; the card then lives in `subfolder/README.md`).
+
+    Args:
+        model (`peft.PeftModel`): A model whose active adapter is a SMAT adapter.
+        repo_id (`str`): `"namespace/name"` (or `"name"` for the token's user).
+        private (`bool`, *optional*): Visibility of a newly created repo.
+        revision (`str`, *optional*): Branch to commit to; created from `main` if missing. Default `main`.
+        subfolder (`str`, *optional*): Folder inside the repo to upload to.
+        commit_message (`str`, *optional*): Defaults to `"Upload SMAT adapter"`.
+        eval_results, meta_training: Passed to [`smat_model_card`].
+        token (`str` or `bool`, *optional*): Hub token; defaults to the logged-in token / `HF_TOKEN`.
+
+    Returns:
+        `str`: the commit URL (a `huggingface_hub.CommitInfo`, whose `.oid` is the commit id).
+
+    Example:
+
+    ```py
+    >>> from peft import PeftModel
+    >>> from smat_peft.hub import push_smat_to_hub
+    >>> url = push_smat_to_hub(model, "me/smat-vit", private=True, eval_results={"omniglot": 0.91})  # doctest: +SKIP
+    >>> loaded = PeftModel.from_pretrained(base, "me/smat-vit")  # doctest: +SKIP
+    ```
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"`model` must be a peft.PeftModel with a SMAT adapter, got {type(model).__name__}.")
+    config = model.peft_config.get(model.active_adapter)
+    if not isinstance(config, SmatConfig):
+        raise TypeError(
+            f"The active adapter {model.active_adapter!r} is not a SMAT adapter ({type(config).__name__}); "
+            "use `model.push_to_hub` for other peft methods or `model.set_adapter(...)` to select a SMAT adapter."
+        )
+    subfolder = subfolder.strip("/") if subfolder else None
+    revision = revision or None
+
+    api = HfApi(token=token, library_name="smat-peft", library_version=__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None and revision != "main" and not revision.startswith("refs/pr/"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        model.save_pretrained(tmp_dir)  # also fills config.base_model_name_or_path when the base model has one
+        card = smat_model_card(
+            config,
+            eval_results=eval_results,
+            meta_training=meta_training,
+            repo_id=repo_id,
+            revision=revision,
+            subfolder=subfolder,
+        )
+        with open(os.path.join(tmp_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp_dir,
+            path_in_repo=subfolder,
+            revision=revision,
+            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+        )
+
+
+_PUSH_KWARGS = ("private", "revision", "subfolder", "commit_message", "eval_results", "meta_training", "token")
+
+
+def install_push_to_hub() -> None:
+    """Make `PeftModel.push_to_hub` land SMAT's card for SMAT adapters (other peft methods are untouched).
+
+    transformers' `push_to_hub` gives the tuner no say over the card (see the module docstring), so for a model
+    whose active adapter is a SMAT adapter the call is routed to [`push_smat_to_hub`]. Run on `import smat_peft`.
+    """
+    from peft import PeftModel
+
+    original = PeftModel.push_to_hub
+    if getattr(original, "_smat_routed", False):
+        return
+
+    @functools.wraps(original)
+    def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any):
+        config = getattr(self, "peft_config", {}).get(self.active_adapter)
+        if not isinstance(config, SmatConfig):
+            return original(self, repo_id, *args, **kwargs)
+        unsupported = sorted(k for k, v in kwargs.items() if k not in _PUSH_KWARGS and v not in (None, False))
+        if args or unsupported:
+            raise TypeError(
+                f"push_to_hub of a SMAT adapter takes the keyword arguments {', '.join(_PUSH_KWARGS)}; got "
+                f"{unsupported or 'positional arguments'}."
+            )
+        return push_smat_to_hub(self, repo_id, **{k: v for k, v in kwargs.items() if k in _PUSH_KWARGS})
+
+    push_to_hub._smat_routed = True
+    PeftModel.push_to_hub = push_to_hub
