@@ -19,10 +19,13 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
+from . import __version__
 from .peft_type import SmatPeftType
 
 
 _MASK_DTYPES = ("float32", "bfloat16", "float16")
+# Version of the on-disk adapter format this release writes and the newest it reads (`smat_format_version`).
+SMAT_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -80,6 +83,12 @@ class SmatConfig(PeftConfig):
         target_fingerprint (`Optional[str]`): Hash of the adapted parameter names and shapes, recorded on creation
             and checked on load.
         smat_version (`Optional[str]`): Version of smat-peft that created the adapter.
+        smat_format_version (`int`): Version of the on-disk adapter format. Loading an adapter written in a newer
+            format than this release reads raises an error asking to upgrade smat-peft.
+        weights_sha256 (`Optional[str]`): SHA-256 of the weights file saved next to this config, written by
+            `save_pretrained` and checked on load (see `smat_peft.integrity`).
+        compact (`Optional[dict]`): Set only in compact inference exports (see `smat_peft.export`): the compact
+            format version, mask threshold and delta dtype. `None` for ordinary adapters.
 
     Example:
 
@@ -174,6 +183,16 @@ class SmatConfig(PeftConfig):
     smat_version: Optional[str] = field(
         default=None, metadata={"help": "Version of smat-peft that created this adapter."}
     )
+    smat_format_version: int = field(
+        default=SMAT_FORMAT_VERSION, metadata={"help": "Version of the on-disk adapter format."}
+    )
+    weights_sha256: Optional[str] = field(
+        default=None, metadata={"help": "SHA-256 of the saved weights file, written on save and checked on load."}
+    )
+    compact: Optional[dict] = field(
+        default=None,
+        metadata={"help": "Compact inference export block (format version, mask threshold, delta dtype); else None."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -225,3 +244,32 @@ class SmatConfig(PeftConfig):
             raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout}.")
         if self.lora_target_modules is not None and self.lora_r is None:
             raise ValueError("`lora_target_modules` is set but `lora_r` is None: set `lora_r` to add LoRA factors.")
+        if not isinstance(self.smat_format_version, int) or self.smat_format_version < 1:
+            raise ValueError(f"`smat_format_version` must be a positive int, got {self.smat_format_version!r}.")
+        if self.smat_format_version > SMAT_FORMAT_VERSION:
+            raise ValueError(
+                f"This SMAT adapter (adapter_config.json) is in format version {self.smat_format_version}, newer than "
+                f"smat-peft {__version__} reads (up to {SMAT_FORMAT_VERSION}). Upgrade smat-peft: "
+                "`pip install -U smat-peft`."
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """Load a SMAT adapter's config from a directory or a Hub repo, after checking the adapter's files.
+
+        `PeftModel.from_pretrained` and `load_adapter` call this before they build the adapter and read its weights,
+        so a missing or corrupted weights file, a checksum mismatch or a newer format raises here (an
+        `AdapterIntegrityError` naming the file), before the base model is touched. See
+        [`smat_peft.integrity.check_adapter`].
+
+        Example:
+
+        ```py
+        >>> from smat_peft import SmatConfig
+        >>> config = SmatConfig.from_pretrained("path/to/adapter")  # doctest: +SKIP
+        ```
+        """
+        from .integrity import check_adapter
+
+        check_adapter(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

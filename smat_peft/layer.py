@@ -79,8 +79,6 @@ class SmatLayer(BaseTunerLayer):
         # Task state, set by `SmatModel.task`: per adapter, the per-parameter deltas of the current task.
         self._task_deltas: dict[str, list[torch.Tensor]] = {}
         self._effective: Optional[tuple[tuple[str, ...], list[torch.Tensor]]] = None
-        # Non-zero count per expert of the masks used for the current task (for the sparsity constraint).
-        self.last_mask_nonzero: dict[str, torch.Tensor] = {}
         self._eval_masks: dict[tuple[str, int], tuple[tuple, torch.Tensor, bool]] = {}
         self._original_params: Optional[list[torch.Tensor]] = None
         # Set by `SmatModel` while it computes support features with the frozen pre-trained backbone.
@@ -159,23 +157,21 @@ class SmatLayer(BaseTunerLayer):
         return value, packed, nonzero
 
     def merged_masks(self, adapter: str, weights: torch.Tensor) -> list[torch.Tensor]:
-        """`Σ_m α_m z_m` for every adapted parameter: sampled hard-concrete masks in training, eval masks otherwise.
-
-        Also records the number of non-zero mask elements per expert in `last_mask_nonzero[adapter]`.
-        """
+        """`Σ_m α_m z_m` for every adapted parameter: sampled hard-concrete masks in training, eval masks otherwise."""
         config = self.smat_config[adapter]
-        merged, nonzero = [], torch.zeros(config.num_experts, device=weights.device)
-        for index, p in enumerate(self.base_params):
+        merged = []
+        for index in range(len(self.param_names)):
             if self.training:
                 masks = hard_concrete(config).sample(self.smat_log_alpha[adapter][index])
                 merged.append(merge_dense(masks, weights))
-                nonzero += (masks.detach() > 0).flatten(1).sum(1) * (p.numel() // masks[0].numel())
-                continue
-            value, packed, count = self._eval_mask(adapter, index)
-            merged.append(merge_packed(value, weights.float()) if packed else merge_dense(value, weights))
-            nonzero += count.to(nonzero.device)
-        self.last_mask_nonzero[adapter] = nonzero
+            else:
+                value, packed, _ = self._eval_mask(adapter, index)
+                merged.append(merge_packed(value, weights.float()) if packed else merge_dense(value, weights))
         return merged
+
+    def eval_mask_nonzero(self, adapter: str) -> torch.Tensor:
+        """Number of non-zero elements of each expert's eval mask over all adapted parameters `[M]`."""
+        return sum(self._eval_mask(adapter, index)[2] for index in range(len(self.param_names)))
 
     def expected_nonzero(self, adapter: str) -> torch.Tensor:
         """Expected number of non-zero mask elements per expert `[M]` (expected L0), differentiable w.r.t. `log α`."""
@@ -251,6 +247,12 @@ class SmatLayer(BaseTunerLayer):
         if all(a in self._task_deltas for a in active):
             self._effective = (active, params)
         return params
+
+    def set_effective_params(self, params: list[torch.Tensor]) -> None:
+        """Use these parameters (one per adapted base parameter) for forwards until the task changes."""
+        if len(params) != len(self.param_names):
+            raise ValueError(f"Expected {len(self.param_names)} parameters ({self.param_names}), got {len(params)}.")
+        self._effective = (tuple(self._active_smat_adapters()), list(params))
 
     # ----------------------------------------------------------------------------------------------------------
     # merging

@@ -345,6 +345,8 @@ class SmatModel(BaseTuner):
         support_pixel_values: torch.Tensor,
         support_labels: torch.Tensor,
         num_classes: Optional[int] = None,
+        *,
+        prototypes: Optional[torch.Tensor] = None,
         **forward_kwargs: Any,
     ) -> Iterator[dict[str, RouterOutput]]:
         """Condition every SMAT layer on a support set; the task weights are built once, on entry.
@@ -353,6 +355,8 @@ class SmatModel(BaseTuner):
             support_pixel_values (`torch.Tensor` of shape `[N, C, H, W]`): The support images.
             support_labels (`torch.Tensor` of shape `[N]`): Class indices in `[0, num_classes)`, every class present.
             num_classes (`int`, *optional*): Number of classes (ways); defaults to `max(label) + 1`.
+            prototypes (`torch.Tensor` of shape `[num_classes, D]`, *optional*): Class prototypes of the frozen
+                backbone, if already computed (see [`~SmatModel.prototypes`]); skips the support forward.
             forward_kwargs: Passed to the backbone when computing support features (e.g.
                 `interpolate_pos_encoding=True`).
 
@@ -369,10 +373,8 @@ class SmatModel(BaseTuner):
                 "The SMAT adapter is merged into the base weights; call `model.unmerge_adapter()` before "
                 "conditioning on a new task."
             )
-        prototypes = self.prototypes(support_pixel_values, support_labels, num_classes, **forward_kwargs)
-        if self.training:
-            for _, layer in self.smat_layers():
-                layer.clip_mask_logits_()
+        if prototypes is None:
+            prototypes = self.prototypes(support_pixel_values, support_labels, num_classes, **forward_kwargs)
         outputs = {name: self.route(prototypes, name) for name in self.active_adapters if name in self.smat_router}
         layers = [layer for _, layer in self.smat_layers()]
         try:
@@ -388,6 +390,31 @@ class SmatModel(BaseTuner):
                     layer.unmerge()
                 layer.clear_task()
             self._in_task = False
+
+    def task_parameters(self) -> list[torch.Tensor]:
+        """The current task's adapted parameters `θ_i` of every SMAT layer, in a fixed order (inside `task`).
+
+        They carry the graph to `δ`, the masks and the router; meta-training takes functional steps on them
+        (inner support step, dense teacher) and writes the results back with [`~SmatModel.set_task_parameters`].
+        """
+        self._require_task()
+        return [p for _, layer in self.smat_layers() for p in layer.effective_params()]
+
+    def set_task_parameters(self, params: list[torch.Tensor]) -> None:
+        """Replace the adapted parameters used by forwards inside the current task (same order as
+        [`~SmatModel.task_parameters`])."""
+        self._require_task()
+        params = list(params)
+        for _, layer in self.smat_layers():
+            count = len(layer.param_names)
+            layer.set_effective_params(params[:count])
+            params = params[count:]
+        if params:
+            raise ValueError(f"{len(params)} more parameters than the SMAT layers adapt.")
+
+    def _require_task(self) -> None:
+        if not self._in_task:
+            raise RuntimeError("Task parameters exist only inside `with model.task(...)`.")
 
     def expert_weights(
         self,
@@ -452,25 +479,23 @@ class SmatModel(BaseTuner):
     def expert_sparsity(self, adapter_name: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-expert `(measured_sparsity, expected_density)` over all adapted parameters of one adapter.
 
-        `measured_sparsity` counts zeros of the masks of the last task (eval masks if there was none; no gradient);
-        `expected_density` is the expected-L0 fraction of non-zeros, differentiable w.r.t. the mask logits.
+        `measured_sparsity` is the fraction of zeros of each expert's deterministic eval mask (what merging
+        deploys; no gradient); `expected_density` is the expected-L0 fraction of non-zeros of the training mask,
+        differentiable w.r.t. the mask logits. The meta-trainer's sparsity constraint uses both.
         """
         adapter_name = adapter_name or self.active_adapters[0]
         total, nonzero, expected = 0, 0, 0
         for _, layer in self.smat_layers():
-            if adapter_name not in layer.smat_delta:
-                continue
-            if adapter_name not in layer.last_mask_nonzero:
-                num_experts = self.peft_config[adapter_name].num_experts
-                with torch.no_grad():
-                    was_training = layer.training
-                    layer.eval()
-                    layer.merged_masks(adapter_name, torch.full((num_experts,), 1.0 / num_experts))
-                    layer.train(was_training)
-            total += layer.num_masked_elements
-            nonzero = nonzero + layer.last_mask_nonzero[adapter_name]
-            expected = expected + layer.expected_nonzero(adapter_name)
+            if adapter_name in layer.smat_delta:
+                total += layer.num_masked_elements
+                nonzero = nonzero + layer.eval_mask_nonzero(adapter_name)
+                expected = expected + layer.expected_nonzero(adapter_name)
         return 1.0 - nonzero / total, expected / total
+
+    def clip_mask_logits_(self) -> None:
+        """Clip every mask logit to `[-mask_logit_clip, mask_logit_clip]` (the trainer calls this after each step)."""
+        for _, layer in self.smat_layers():
+            layer.clip_mask_logits_()
 
     def sparsity_report(self, adapter_name: Optional[str] = None) -> dict[str, Any]:
         """Measured sparsity and expected density of the eval masks, per expert, per module type and per block.
@@ -518,6 +543,6 @@ class SmatModel(BaseTuner):
 
     @staticmethod
     def _layer_mask_stats(layer: SmatLayer, adapter_name: str) -> dict[str, Any]:
-        nonzero = sum(layer._eval_mask(adapter_name, index)[2].cpu() for index in range(len(layer.param_names)))
         n = layer.num_masked_elements
+        nonzero = layer.eval_mask_nonzero(adapter_name).cpu()
         return {"n": n, "zeros": n - nonzero, "expected": layer.expected_nonzero(adapter_name).detach().cpu()}

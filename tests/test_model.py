@@ -301,12 +301,10 @@ def test_binary_masks_take_the_packed_path_and_match_the_dense_merge(support):
     assert torch.allclose(packed[0], torch.tensordot(weights, masks, dims=1), atol=1e-6)
 
 
-def test_training_clips_mask_logits_on_task_entry(support):
-    x, y, _ = support
+def test_clip_mask_logits():
     model = smat(mask_logit_clip=2.0).train()
     layer = next(layer for _, layer in model.base_model.smat_layers())
     with torch.no_grad():
         layer.smat_log_alpha["default"][0].fill_(7.0)
-    with model.task(x, y):
-        pass
+    model.base_model.clip_mask_logits_()
     assert layer.smat_log_alpha["default"][0].max().item() == pytest.approx(2.0)
