@@ -16,15 +16,19 @@
 __version__ = "0.1.0"
 
 from .config import SmatConfig  # noqa: E402
+from .export import export_compact, load_compact  # noqa: E402
 from .hub import install_push_to_hub, push_smat_to_hub, smat_model_card  # noqa: E402
+from .integrity import AdapterFileNotFoundError, AdapterIntegrityError, install_atomic_save  # noqa: E402
 from .layer import SmatLayer, SmatModule  # noqa: E402
 from .model import SmatModel  # noqa: E402
 from .peft_type import SmatPeftType, register_with_peft  # noqa: E402
 from .router import RouterOutput, SmatRouter  # noqa: E402
+from .training import EpisodeSampler, MetaTrainingArguments, SmatMetaTrainer  # noqa: E402
 
 
 register_with_peft(SmatConfig, SmatModel)
 install_push_to_hub()
+install_atomic_save()
 
 
 def get_smat_model(model, config: SmatConfig, adapter_name: str = "default", **kwargs):
@@ -50,15 +54,22 @@ def get_smat_model(model, config: SmatConfig, adapter_name: str = "default", **k
 
 
 __all__ = [
+    "AdapterFileNotFoundError",
+    "AdapterIntegrityError",
+    "EpisodeSampler",
+    "MetaTrainingArguments",
     "RouterOutput",
     "SmatConfig",
     "SmatLayer",
+    "SmatMetaTrainer",
     "SmatModel",
     "SmatModule",
     "SmatPeftType",
     "SmatRouter",
     "__version__",
+    "export_compact",
     "get_smat_model",
+    "load_compact",
     "push_smat_to_hub",
     "smat_model_card",
 ]

@@ -18,12 +18,14 @@ the adapter (peft writes its own README.md) and then overwrites README.md with t
 branch or, for a new repo, with transformers' generic template (`library_name: transformers`, no tags). Neither peft
 nor transformers lets the tuner or its config contribute to that card. `push_smat_to_hub` saves the adapter, replaces
 README.md with `smat_model_card(...)` and uploads the folder in one commit, so the card that lands is SMAT's.
+`push_smat_folder_to_hub` does the same for an adapter directory on disk (no base model needed; `smat-peft push`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from typing import Any, Optional, Union
@@ -87,18 +89,26 @@ def _usage_section(
     base_class = config.base_model_class if hasattr(transformers, config.base_model_class or "") else "AutoModel"
     load_args = [f'"{repo_id or "<repo_id>"}"']
     load_args += [f'{name}="{value}"' for name, value in (("revision", revision), ("subfolder", subfolder)) if value]
+    if config.compact:  # a compact inference export (smat_peft.export) is loaded by smat-peft, not by peft
+        imports = [f"from transformers import {base_class}", "", "from smat_peft import load_compact"]
+        load = f"model = load_compact(base, {', '.join(load_args)})  # inference only, in eval mode"
+    else:
+        imports = [
+            "from peft import PeftModel",
+            f"from transformers import {base_class}",
+            "",
+            "import smat_peft  # registers the SMAT adapter type with peft",
+        ]
+        load = f"model = PeftModel.from_pretrained(base, {', '.join(load_args)}).eval()"
     return [
         "## Usage",
         "",
         "```python",
         "import torch",
-        "from peft import PeftModel",
-        f"from transformers import {base_class}",
-        "",
-        "import smat_peft  # registers the SMAT adapter type with peft",
+        *imports,
         "",
         f'base = {base_class}.from_pretrained("{base_model or "<base_model>"}")',
-        f"model = PeftModel.from_pretrained(base, {', '.join(load_args)}).eval()",
+        load,
         "",
         "# A few labelled images of the new task: support_pixel_values [N, 3, H, W], support_labels [N] in [0, ways)",
         "with torch.no_grad(), model.task(support_pixel_values, support_labels):",
@@ -173,7 +183,14 @@ def smat_model_card(
         lines.append(f"- **Trained in full:** {', '.join(f'`{m}`' for m in sorted(config.modules_to_save))}")
     if config.lora_r is not None:
         lines.append(f"- **LoRA inside SMAT layers:** rank {config.lora_r}, alpha {config.lora_alpha}")
-    lines += [f"- **Mask storage:** {config.mask_dtype}" + (", structured" if config.structured_mask else ""), ""]
+    if config.compact:
+        lines.append(
+            f"- **Compact inference export:** binary masks (bit-packed) and δ in {config.compact.get('delta_dtype')} "
+            "only where a mask is on; no mask logits, so it cannot be trained further"
+        )
+    else:
+        lines.append(f"- **Mask storage:** {config.mask_dtype}" + (", structured" if config.structured_mask else ""))
+    lines.append("")
     if meta_training:
         lines += _meta_training_section(meta_training)
     if eval_results:
@@ -243,15 +260,100 @@ def push_smat_to_hub(
     subfolder = subfolder.strip("/") if subfolder else None
     revision = revision or None
 
-    api = HfApi(token=token, library_name="smat-peft", library_version=__version__)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision is not None and revision != "main" and not revision.startswith("refs/pr/"):
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    api, repo_id = _prepare_repo(repo_id, private=private, revision=revision, token=token)
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         model.save_pretrained(tmp_dir)  # also fills config.base_model_name_or_path when the base model has one
         card = smat_model_card(
             config,
+            eval_results=eval_results,
+            meta_training=meta_training,
+            repo_id=repo_id,
+            revision=revision,
+            subfolder=subfolder,
+        )
+        with open(os.path.join(tmp_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp_dir,
+            path_in_repo=subfolder,
+            revision=revision,
+            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+        )
+
+
+def _prepare_repo(
+    repo_id: str, *, private: Optional[bool], revision: Optional[str], token: Optional[Union[str, bool]]
+) -> tuple[HfApi, str]:
+    """Create the repo (if needed) and the branch `revision` (if needed, from `main`); return the API and full id."""
+    api = HfApi(token=token, library_name="smat-peft", library_version=__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None and revision != "main" and not revision.startswith("refs/pr/"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api, repo_id
+
+
+def push_smat_folder_to_hub(
+    adapter_dir: Union[str, os.PathLike],
+    repo_id: str,
+    *,
+    private: Optional[bool] = None,
+    revision: Optional[str] = None,
+    subfolder: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    base_model: Optional[str] = None,
+    eval_results: Optional[Mapping[str, Union[float, str]]] = None,
+    meta_training: Optional[Mapping[str, Any]] = None,
+    token: Optional[Union[str, bool]] = None,
+) -> str:
+    """Push a saved SMAT adapter directory (or a compact export) to the Hub with a SMAT model card, in one commit.
+
+    Like [`push_smat_to_hub`], without loading a base model: the directory is checked first
+    (`smat_peft.integrity.check_adapter_dir`), then its adapter files (`adapter_config.json`, the weights file, and
+    the same for each named adapter in a sub-directory) are uploaded with `smat_model_card(...)` as README.md. Other
+    files in the directory (checkpoints, logs) are not uploaded.
+
+    Args:
+        adapter_dir (`str`): What `model.save_pretrained` or `smat_peft.export_compact` wrote.
+        repo_id, private, revision, subfolder, commit_message, eval_results, meta_training, token: As in
+            [`push_smat_to_hub`].
+        base_model (`str`, *optional*): Base model named in the card; defaults to the config's
+            `base_model_name_or_path`.
+
+    Returns:
+        `str`: the commit URL.
+
+    Example:
+
+    ```py
+    >>> from smat_peft.hub import push_smat_folder_to_hub
+    >>> url = push_smat_folder_to_hub("outputs/adapter", "me/smat-vit", private=True)  # doctest: +SKIP
+    ```
+    """
+    from .integrity import CONFIG_NAME, check_adapter_dir
+
+    adapter_dir = os.fspath(adapter_dir)
+    attributes = check_adapter_dir(adapter_dir, allow_compact=True)
+    config = SmatConfig.from_peft_type(**attributes)
+    folders = [""] + sorted(
+        name for name in os.listdir(adapter_dir) if os.path.isfile(os.path.join(adapter_dir, name, CONFIG_NAME))
+    )
+    for name in folders[1:]:
+        check_adapter_dir(os.path.join(adapter_dir, name), allow_compact=True)
+    subfolder = subfolder.strip("/") if subfolder else None
+    revision = revision or None
+    api, repo_id = _prepare_repo(repo_id, private=private, revision=revision, token=token)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        for folder in folders:
+            os.makedirs(os.path.join(tmp_dir, folder), exist_ok=True)
+            for name in os.listdir(os.path.join(adapter_dir, folder)):
+                source = os.path.join(adapter_dir, folder, name)
+                if os.path.isfile(source) and (name == CONFIG_NAME or name.endswith((".safetensors", ".bin"))):
+                    shutil.copy2(source, os.path.join(tmp_dir, folder, name))
+        card = smat_model_card(
+            config,
+            base_model=base_model,
             eval_results=eval_results,
             meta_training=meta_training,
             repo_id=repo_id,

@@ -12,3 +12,11 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Meta-training and meta-testing of SMAT adapters (and the PMF / pre-trained ProtoNet baselines)."""
+
+from .arguments import MetaTrainingArguments
+from .episodes import Episode, EpisodeSampler, split_classes
+from .evaluation import evaluate_episodes
+from .trainer import SmatMetaTrainer
+
+
+__all__ = ["Episode", "EpisodeSampler", "MetaTrainingArguments", "SmatMetaTrainer", "evaluate_episodes", "split_classes"]

@@ -1,0 +1,185 @@
+# Copyright 2026-present the smat-peft authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Meta-test: accuracy over fixed episodes per domain, for three modes.
+
+- `direct`: cosine ProtoNet on the task's weights θ_i (SMAT: inside `model.task(support)`; a plain backbone as is).
+- `full`: fine-tune every parameter of the merged task model (`merge_task`) on the support set, then ProtoNet.
+- `lora`: fine-tune a peft LoRA adapter (attention q/v) on the merged task model, at `lora_lr_multiplier` × lr.
+
+Fine-tuning minimises the support cross-entropy of cosine logits against prototypes recomputed (with gradient) from
+the un-augmented support images at every step, on augmented support images (colour and translation jitter, as
+DiffAugment in PMF). Its learning rate is chosen per domain on validation episodes (the reference code searches on
+the first test episodes, pitfall P11).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..model import SmatModel
+from ..targets import default_features
+from .arguments import MetaTrainingArguments
+from .heads import class_prototypes, cosine_logits
+
+
+def mean_ci95(values: list[float]) -> dict[str, float]:
+    """Mean and 95% confidence half-width (1.96 · std / √n), in percent."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": 100.0 * mean, "ci95": 100.0 * 1.96 * std / math.sqrt(n), "episodes": n}
+
+
+def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Colour (brightness, saturation, contrast) and translation (±1/8 of the side) jitter of a batch."""
+    n = pixels.shape[0]
+    rand = lambda *shape: torch.rand(*shape, generator=generator).to(pixels)  # noqa: E731
+    x = pixels + (rand(n, 1, 1, 1) - 0.5)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (rand(n, 1, 1, 1) * 2) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (rand(n, 1, 1, 1) + 0.5) + mean
+    shift = max(1, pixels.shape[-1] // 8)
+    dx, dy = torch.randint(-shift, shift + 1, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def _protonet_accuracy(model: nn.Module, episode, scale: float) -> float:
+    ways = int(episode.support_labels.max()) + 1
+    prototypes = class_prototypes(default_features(model, episode.support_pixel_values), episode.support_labels, ways)
+    logits = cosine_logits(default_features(model, episode.query_pixel_values), prototypes, scale)
+    return (logits.argmax(-1) == episode.query_labels).float().mean().item()
+
+
+def direct_accuracy(model: nn.Module, episode, args: MetaTrainingArguments, is_smat: bool) -> float:
+    """ProtoNet accuracy on the episode's queries, with the task's weights for a SMAT model."""
+    with torch.no_grad():
+        if is_smat:
+            smat: SmatModel = model.base_model
+            with smat.task(episode.support_pixel_values, episode.support_labels):
+                return _protonet_accuracy(smat.model, episode, args.protonet_scale)
+        return _protonet_accuracy(model, episode, args.protonet_scale)
+
+
+def _lora_targets(model: nn.Module) -> Any:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if {"q_proj", "v_proj"} <= names:
+        return ["q_proj", "v_proj"]
+    return "all-linear" if model_type is not None else [n for n in names if "qkv" in n] or "all-linear"
+
+
+def finetuned_accuracy(model: nn.Module, episode, args: MetaTrainingArguments, is_smat: bool, mode: str,
+                       lr: float) -> float:
+    """Fine-tune a copy of the task model on the support set (`full` or `lora`), then ProtoNet on the queries."""
+    if lr == 0.0:
+        return direct_accuracy(model, episode, args, is_smat)
+    xs, ys = episode.support_pixel_values, episode.support_labels
+    if is_smat:
+        task_model = model.base_model.merge_task(xs, ys)
+    else:
+        task_model = copy.deepcopy(model).requires_grad_(True)
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                          target_modules=_lora_targets(task_model))
+        task_model = get_peft_model(task_model, lora)
+        lr = lr * args.lora_lr_multiplier
+    task_model.train()
+    params = [p for p in task_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(episode.index)
+    ways = int(ys.max()) + 1
+    with torch.enable_grad():
+        for _ in range(args.finetune_steps):
+            prototypes = class_prototypes(default_features(task_model, xs), ys, ways)
+            inputs = augment(xs, generator) if args.finetune_augment else xs
+            loss = F.cross_entropy(cosine_logits(default_features(task_model, inputs), prototypes, args.protonet_scale), ys)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    task_model.eval()
+    with torch.no_grad():
+        return _protonet_accuracy(task_model, episode, args.protonet_scale)
+
+
+def search_learning_rate(model, sampler, args, is_smat: bool, mode: str) -> tuple[float, dict[float, float]]:
+    """The learning rate of `finetune_lr_grid` with the best mean query accuracy on the validation episodes."""
+    scores = {}
+    for lr in args.finetune_lr_grid:
+        scores[lr] = sum(finetuned_accuracy(model, sampler[i], args, is_smat, mode, lr) for i in range(len(sampler)))
+    return max(scores, key=lambda lr: (scores[lr], -lr)), {lr: s / len(sampler) for lr, s in scores.items()}
+
+
+def evaluate_episodes(
+    model: nn.Module,
+    sampler,
+    args: MetaTrainingArguments,
+    modes: Iterable[str] = ("direct",),
+    is_smat: Optional[bool] = None,
+    search_sampler=None,
+    disable_tqdm: bool = False,
+    description: str = "meta-test",
+) -> dict[str, dict[str, Any]]:
+    """Accuracy (mean ± 95% CI, percent) per domain and mode over the sampler's fixed episodes."""
+    if is_smat is None:
+        is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
+    was_training = model.training
+    model.eval()
+    modes = tuple(modes)
+    learning_rates: dict[str, float] = {}
+    searches: dict[str, dict[float, float]] = {}
+    for mode in modes:
+        if mode in ("full", "lora"):
+            if search_sampler is None:
+                raise ValueError(f"Mode {mode!r} needs validation episodes to pick its learning rate.")
+            learning_rates[mode], searches[mode] = search_learning_rate(model, search_sampler, args, is_smat, mode)
+    device = next(model.parameters()).device
+    scores: dict[str, dict[str, list[float]]] = {}
+    for index in tqdm(range(len(sampler)), desc=description, disable=disable_tqdm):
+        episode = sampler[index]
+        for name in ("support_pixel_values", "support_labels", "query_pixel_values", "query_labels"):
+            setattr(episode, name, getattr(episode, name).to(device))
+        domain_scores = scores.setdefault(episode.domain, {m: [] for m in modes})
+        for mode in modes:
+            if mode == "direct":
+                domain_scores[mode].append(direct_accuracy(model, episode, args, is_smat))
+            else:
+                domain_scores[mode].append(finetuned_accuracy(model, episode, args, is_smat, mode, learning_rates[mode]))
+    model.train(was_training)
+    results = {}
+    for domain, per_mode in scores.items():
+        results[domain] = {mode: mean_ci95(values) for mode, values in per_mode.items()}
+        for mode, lr in learning_rates.items():
+            results[domain][mode].update(lr=lr, lr_search={str(k): v for k, v in searches[mode].items()})
+    return results
+
+
+def summarize(domains: dict[str, dict[str, Any]], in_domain: set, modes: Iterable[str]) -> dict[str, Any]:
+    """ID and OOD averages of the per-domain mean accuracies, per mode."""
+    summary: dict[str, Any] = {"id_average": {}, "ood_average": {}}
+    for mode in modes:
+        for key, selected in (("id_average", [d for d in domains if d in in_domain]),
+                              ("ood_average", [d for d in domains if d not in in_domain])):
+            if selected:
+                summary[key][mode] = sum(domains[d][mode]["mean"] for d in selected) / len(selected)
+    return summary

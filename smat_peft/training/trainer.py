@@ -1,0 +1,453 @@
+# Copyright 2026-present the smat-peft authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`SmatMetaTrainer`: episodic meta-training of SMAT (or the dense PMF baseline) on Accelerate.
+
+The loop, per meta-update: set the router temperature and reset satisfied multipliers → for each of the update's
+tasks: sample an episode, seed, loss, backward → all-reduce gradients across processes → clip → step every
+optimizer and schedule → clip the mask logits → log, validate, checkpoint.
+
+Reproducibility: the episode stream is indexed globally (task `g` of update `u` on process `r` is
+`u·world·tasks + r·tasks + j`), and torch's RNG is seeded from `(seed, g)` before each task, so a run resumed from a
+checkpoint, or split over processes, sees exactly the same episodes and noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from ..model import SmatModel
+from ..targets import default_features
+from .arguments import MetaTrainingArguments
+from .episodes import EpisodeSampler
+from .evaluation import evaluate_episodes, summarize
+from .objective import protonet_task_loss, smat_task_loss
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_NAME = "training_state.pt"
+LATEST_NAME = "latest"
+
+
+class SmatMetaTrainer:
+    """Meta-trains a SMAT adapter over episodes from several 🤗 datasets, and meta-tests it.
+
+    Pass a SMAT `PeftModel` (from [`get_smat_model`]) to meta-train SMAT, or a plain backbone to meta-train it
+    densely with the ProtoNet loss (the PMF baseline); `evaluate()` alone on a plain backbone is the pre-trained
+    ProtoNet baseline.
+
+    Args:
+        model: A SMAT `PeftModel` or a plain vision backbone.
+        args ([`MetaTrainingArguments`]): Every knob.
+        train_datasets (`dict[str, datasets.Dataset]`): Training domains; their held-out classes are the in-domain
+            validation and test tasks.
+        eval_datasets (`dict[str, datasets.Dataset]`, *optional*): Out-of-domain test domains, never trained on.
+        image_processor (*optional*): The backbone's transformers image processor (resize and normalisation).
+
+    Example:
+
+    ```py
+    >>> trainer = SmatMetaTrainer(model, MetaTrainingArguments(output_dir="runs/smat", max_steps=500),
+    ...                           train_datasets={"emoji": emoji, "glyphs": glyphs}, eval_datasets={"mnist": mnist})
+    >>> trainer.train()  # doctest: +SKIP
+    >>> trainer.evaluate()["ood_average"]["direct"]  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: MetaTrainingArguments,
+        train_datasets: Optional[Mapping[str, Any]] = None,
+        eval_datasets: Optional[Mapping[str, Any]] = None,
+        image_processor: Any = None,
+    ) -> None:
+        self.args = args
+        self.model = model
+        self.train_datasets = dict(train_datasets or {})
+        self.eval_datasets = dict(eval_datasets or {})
+        overlap = set(self.train_datasets) & set(self.eval_datasets)
+        if overlap:
+            raise ValueError(f"Domains {sorted(overlap)} are both training and out-of-domain evaluation domains.")
+        self.image_processor = image_processor
+        self.is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            log_with=list(args.report_to) or None,
+            project_dir=args.output_dir,
+        )
+        self.model.to(self.accelerator.device)
+        self.train_sampler = self._sampler(self.train_datasets, "train", args.max_steps) if self.train_datasets else None
+        self.global_step = 0
+        self.best_metric: Optional[float] = None
+        self.history: list[dict[str, Any]] = []
+        self._build_optimizers()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # data
+    def _sampler(self, datasets: Mapping[str, Any], split: str, num_episodes: int, seed: Optional[int] = None,
+                 augment: Optional[bool] = None) -> EpisodeSampler:
+        args = self.args
+        return EpisodeSampler(
+            datasets, split=split, ways=args.ways, shots=args.shots, queries=args.queries,
+            variable=args.variable_ways_shots, max_ways=args.max_ways, max_support=args.max_support,
+            num_episodes=num_episodes, seed=args.seed if seed is None else seed, split_seed=args.split_seed,
+            split_fractions=args.split_fractions, image_column=args.image_column, label_column=args.label_column,
+            image_size=args.image_size, image_processor=self.image_processor,
+            augment=(args.augment and split == "train") if augment is None else augment,
+            min_images_policy=args.min_images_policy,
+        )
+
+    def _task_indices(self, start_update: int) -> list[int]:
+        world, tasks = self.accelerator.num_processes, self.args.tasks_per_update
+        rank = self.accelerator.process_index
+        return [u * world * tasks + rank * tasks + j for u in range(start_update, self.args.max_steps) for j in range(tasks)]
+
+    def _episodes(self, start_update: int):
+        indices = self._task_indices(start_update)
+        # the sampler yields a fixed number of episodes; the global stream may index past it
+        self.train_sampler.num_episodes = max(self.train_sampler.num_episodes, max(indices, default=0) + 1)
+        loader = DataLoader(Subset(self.train_sampler, indices), batch_size=None, shuffle=False,
+                            num_workers=self.args.dataloader_num_workers, collate_fn=lambda episode: episode)
+        return iter(loader)
+
+    def _to_device(self, episode):
+        device = self.accelerator.device
+        for name in ("support_pixel_values", "support_labels", "query_pixel_values", "query_labels"):
+            setattr(episode, name, getattr(episode, name).to(device))
+        return episode
+
+    # ------------------------------------------------------------------------------------------------------------
+    # optimisation
+    def _build_optimizers(self) -> None:
+        args = self.args
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.clip_groups: dict[str, tuple[list[nn.Parameter], float]] = {}
+        if self.is_smat:
+            smat: SmatModel = self.model.base_model
+            adapter = smat.active_adapters[0]
+            self.adapter_name = adapter
+            num_experts = smat.peft_config[adapter].num_experts
+            self.multipliers = nn.Parameter(torch.zeros(num_experts, device=self.accelerator.device))
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            deltas = [p for n, p in named if ".smat_delta." in n]
+            masks = [p for n, p in named if ".smat_log_alpha." in n]
+            adamw = [p for n, p in named if ".smat_delta." not in n and ".smat_log_alpha." not in n]
+            if not deltas:
+                raise ValueError("The SMAT adapter has no trainable parameters: load it with `is_trainable=True`.")
+            self.optimizers["delta"] = torch.optim.SGD(deltas, lr=args.delta_lr, momentum=args.delta_momentum,
+                                                       weight_decay=args.delta_weight_decay)
+            self.optimizers["mask"] = torch.optim.SGD(masks, lr=args.mask_lr)
+            self.optimizers["lagrangian"] = torch.optim.SGD([self.multipliers], lr=args.lagrangian_lr)
+            self.optimizers["router"] = torch.optim.AdamW(adamw, lr=args.router_lr, weight_decay=args.router_weight_decay)
+            self.clip_groups = {"mask": (masks, args.mask_grad_clip), "router": (adamw, args.router_grad_clip)}
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizers["dense"] = torch.optim.AdamW(params, lr=args.dense_lr)
+        make = get_cosine_schedule_with_warmup if args.lr_schedule == "cosine" else get_constant_schedule_with_warmup
+        self.schedulers = {}
+        for name, optimizer in self.optimizers.items():
+            kwargs = {"num_training_steps": args.max_steps} if args.lr_schedule == "cosine" else {}
+            self.schedulers[name] = make(optimizer, num_warmup_steps=args.warmup_steps, **kwargs)
+
+    def _all_reduce_gradients(self) -> None:
+        if self.accelerator.num_processes == 1:
+            return
+        params = [p for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"]]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.flatten() for p in params])
+        flat = self.accelerator.reduce(flat, reduction="mean")
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+    def _start_update(self, update: int) -> None:
+        """Per-update state that depends only on the update index, hence identical on every process."""
+        if not self.is_smat:
+            return
+        smat: SmatModel = self.model.base_model
+        tasks_seen = update * self.accelerator.num_processes * self.args.tasks_per_update
+        for router in smat.smat_router.values():
+            router.temperature.fill_(self.args.router_temperature(tasks_seen))
+        if self.args.sparsity_reset:
+            with torch.no_grad():
+                measured, _ = smat.expert_sparsity(self.adapter_name)
+                target = smat.peft_config[self.adapter_name].sparsity
+                self.multipliers[measured.to(self.multipliers.device) >= target] = 0.0
+
+    def _task_loss(self, episode):
+        autocast = self.accelerator.autocast
+        if self.is_smat:
+            return smat_task_loss(self.model, episode, self.args, self.multipliers, autocast=autocast)
+        return protonet_task_loss(self.model, episode, self.args, autocast=autocast)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # training
+    def train(self, resume_from_checkpoint: Union[str, bool, None] = None) -> dict[str, Any]:
+        """Meta-train for `max_steps` updates; resume from a checkpoint directory, or `True` for the latest one.
+
+        Returns the final training metrics; `output_dir/metrics.json` holds the whole history.
+        """
+        args = self.args
+        if self.train_sampler is None:
+            raise ValueError("No `train_datasets` were given to the trainer.")
+        if resume_from_checkpoint:
+            self._load_checkpoint(resume_from_checkpoint)
+        if self.accelerator.is_main_process:
+            os.makedirs(args.output_dir, exist_ok=True)
+        if args.report_to:
+            self.accelerator.init_trackers("smat-peft", config={k: str(v) for k, v in vars(args).items()})
+        self.model.train()
+        episodes = self._episodes(self.global_step)
+        progress = tqdm(total=args.max_steps, initial=self.global_step, desc="meta-training",
+                        disable=args.disable_tqdm or not self.accelerator.is_local_main_process)
+        window: list[dict[str, float]] = []
+        start_time = time.perf_counter()
+        while self.global_step < args.max_steps:
+            update = self.global_step
+            self._start_update(update)
+            for j in range(args.tasks_per_update):
+                episode = self._to_device(next(episodes))
+                torch.manual_seed(args.seed * 1_000_003 + episode.index)
+                out = self._task_loss(episode)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(
+                        f"Non-finite loss {out.loss.item()} at update {update} (episode {episode.index}, domain "
+                        f"{episode.domain!r}); no step was taken. The last good checkpoint is "
+                        f"{self._latest_checkpoint() or 'none (no checkpoint saved yet)'}. Lower the learning rates "
+                        "or use bf16 instead of fp16."
+                    )
+                self.accelerator.backward(out.loss / args.tasks_per_update)
+                window.append({"loss": out.loss.item(), "query_loss": out.query_loss, "accuracy": out.query_accuracy,
+                               **out.metrics})
+            self._all_reduce_gradients()
+            for params, max_norm in self.clip_groups.values():
+                torch.nn.utils.clip_grad_norm_(params, max_norm)
+            for name, optimizer in self.optimizers.items():
+                optimizer.step()
+                self.schedulers[name].step()
+                optimizer.zero_grad(set_to_none=True)
+            if self.is_smat:
+                self.model.base_model.clip_mask_logits_()
+                with torch.no_grad():
+                    self.multipliers.clamp_(min=0.0)
+            self.global_step += 1
+            progress.update(1)
+
+            if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
+                logs = {k: sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in window[0]}
+                logs.update(step=self.global_step, elapsed_s=time.perf_counter() - start_time)
+                self._log(logs)
+                progress.set_postfix({k: f"{logs[k]:.3f}" for k in ("loss", "accuracy", "sparsity") if k in logs})
+                window = []
+            if args.eval_steps and self.global_step % args.eval_steps == 0:
+                self._validate()
+            if (args.save_steps and self.global_step % args.save_steps == 0) or self.global_step == args.max_steps:
+                self.save_checkpoint()
+        progress.close()
+        if args.eval_steps and self.best_metric is None:
+            self._validate()
+        self.accelerator.end_training()
+        self._write_metrics()
+        return self.history[-1] if self.history else {}
+
+    def _log(self, logs: dict[str, Any]) -> None:
+        self.history.append(logs)
+        if self.args.report_to:
+            self.accelerator.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=self.global_step)
+
+    def _write_metrics(self, extra: Optional[dict[str, Any]] = None) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        path = os.path.join(self.args.output_dir, "metrics.json")
+        existing = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                existing = json.load(f)
+        existing.update({"train_history": self.history, "best_validation_accuracy": self.best_metric})
+        existing.update(extra or {})
+        _atomic_write_text(path, json.dumps(existing, indent=2, default=str))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # validation and meta-test
+    def _validate(self) -> float:
+        """Direct ProtoNet accuracy on the fixed validation episodes of the training domains; keeps the best adapter."""
+        was_training = self.model.training
+        sampler = self._sampler(self.train_datasets, "validation", self.args.eval_episodes, seed=self.args.seed + 1)
+        per_domain = evaluate_episodes(self.model, sampler, self.args, modes=("direct",), is_smat=self.is_smat,
+                                       disable_tqdm=True)
+        accuracy = sum(d["direct"]["mean"] for d in per_domain.values()) / len(per_domain)
+        self._log({"step": self.global_step, "validation_accuracy": accuracy})
+        if self.best_metric is None or accuracy > self.best_metric:
+            self.best_metric = accuracy
+            if self.accelerator.is_main_process:
+                self._save_adapter(os.path.join(self.args.output_dir, "best"))
+        self.model.train(was_training)
+        return accuracy
+
+    def evaluate(self, datasets: Optional[Mapping[str, Any]] = None, modes: Optional[tuple[str, ...]] = None,
+                 split: str = "test") -> dict[str, Any]:
+        """Meta-test over fixed episodes per domain: accuracy mean ± 95% CI per domain and mode, ID/OOD averages.
+
+        Training domains (their held-out test classes) count as in-domain, `eval_datasets` as out-of-domain.
+        Fine-tuning modes pick their learning rate per domain on validation episodes, never on test ones.
+        """
+        modes = tuple(modes or self.args.eval_modes)
+        domains = dict(datasets) if datasets is not None else {**self.train_datasets, **self.eval_datasets}
+        results: dict[str, Any] = {"domains": {}, "modes": list(modes)}
+        for name, dataset in domains.items():
+            sampler = self._sampler({name: dataset}, split, self.args.test_episodes, seed=self.args.seed + 2)
+            search = None
+            if any(m in ("full", "lora") for m in modes):
+                search = self._sampler({name: dataset}, "validation", self.args.finetune_search_episodes,
+                                       seed=self.args.seed + 3)
+            results["domains"][name] = evaluate_episodes(
+                self.model, sampler, self.args, modes=modes, is_smat=self.is_smat, search_sampler=search,
+                disable_tqdm=self.args.disable_tqdm, description=f"meta-test {name}",
+            )[name]
+        results.update(summarize(results["domains"], in_domain=set(self.train_datasets), modes=modes))
+        self._write_metrics({"evaluation": results})
+        return results
+
+    # ------------------------------------------------------------------------------------------------------------
+    # checkpoints
+    def _save_adapter(self, directory: str) -> None:
+        tmp = f"{directory}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if self.is_smat:
+            self.model.save_pretrained(tmp)
+        else:
+            os.makedirs(tmp)
+            torch.save(self.model.state_dict(), os.path.join(tmp, "model_state.pt"))
+        _replace_directory(tmp, directory)
+
+    def _latest_checkpoint(self) -> Optional[str]:
+        path = os.path.join(self.args.output_dir, LATEST_NAME)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return os.path.join(self.args.output_dir, f.read().strip())
+
+    def save_checkpoint(self) -> Optional[str]:
+        """Save the adapter and the full training state atomically; update `output_dir/latest`."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        name = f"{CHECKPOINT_PREFIX}{self.global_step}"
+        final = os.path.join(self.args.output_dir, name)
+        tmp = f"{final}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._save_adapter(os.path.join(tmp, "adapter"))
+        state = {
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "history": self.history,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "multipliers": self.multipliers.detach().cpu() if self.is_smat else None,
+            "rng": {"torch": torch.get_rng_state()},
+            "world_size": self.accelerator.num_processes,
+            "tasks_per_update": self.args.tasks_per_update,
+        }
+        torch.save(state, os.path.join(tmp, STATE_NAME))
+        _replace_directory(tmp, final)
+        _atomic_write_text(os.path.join(self.args.output_dir, LATEST_NAME), name)
+        self._rotate_checkpoints()
+        return final
+
+    def _rotate_checkpoints(self) -> None:
+        if self.args.save_total_limit < 1:
+            return
+        names = [n for n in os.listdir(self.args.output_dir) if n.startswith(CHECKPOINT_PREFIX) and ".tmp" not in n]
+        names.sort(key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))
+        for name in names[: -self.args.save_total_limit]:
+            shutil.rmtree(os.path.join(self.args.output_dir, name), ignore_errors=True)
+
+    def _load_checkpoint(self, checkpoint: Union[str, bool]) -> None:
+        if checkpoint is True or checkpoint == "latest":
+            checkpoint = self._latest_checkpoint()
+            if checkpoint is None:
+                raise FileNotFoundError(f"No checkpoint to resume from in {self.args.output_dir!r} (no 'latest' file).")
+        state_path = os.path.join(checkpoint, STATE_NAME)
+        adapter_dir = os.path.join(checkpoint, "adapter")
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+            if self.is_smat:
+                from peft import set_peft_model_state_dict
+                from safetensors.torch import load_file
+
+                weights = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
+                result = set_peft_model_state_dict(self.model, weights, adapter_name=self.adapter_name)
+                if getattr(result, "unexpected_keys", None):
+                    raise ValueError(f"unexpected keys {result.unexpected_keys[:5]}")
+            else:
+                self.model.load_state_dict(torch.load(os.path.join(adapter_dir, "model_state.pt"), map_location="cpu"))
+        except Exception as error:  # report, never silently start over
+            raise RuntimeError(
+                f"Cannot resume from checkpoint {checkpoint!r}: it is incomplete or corrupt ({type(error).__name__}: "
+                f"{error}). Resume from an earlier checkpoint-N directory in {self.args.output_dir!r}, or start anew."
+            ) from error
+        if state.get("world_size", 1) * state.get("tasks_per_update", 1) != (
+            self.accelerator.num_processes * self.args.tasks_per_update
+        ):
+            raise ValueError(
+                f"Checkpoint {checkpoint!r} was made with {state['world_size']} process(es) × "
+                f"{state['tasks_per_update']} tasks per update; resume with the same number of tasks per update."
+            )
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        if self.is_smat:
+            with torch.no_grad():
+                self.multipliers.copy_(state["multipliers"].to(self.multipliers.device))
+        torch.set_rng_state(state["rng"]["torch"])
+        self.global_step = state["global_step"]
+        self.best_metric = state["best_metric"]
+        self.history = state["history"]
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _replace_directory(tmp: str, final: str) -> None:
+    """Move a fully written directory into place; an existing one is swapped out, then removed."""
+    old = None
+    if os.path.exists(final):
+        old = f"{final}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

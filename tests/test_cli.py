@@ -1,0 +1,122 @@
+"""The `smat-peft` command line: `push` (through a fake Hub) and `export`, called in-process via `main([...])`."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel
+
+from fakes.fake_hub import FAKE_TOKEN, fake_hub  # noqa: F401  (pytest fixture)
+from smat_peft import load_compact
+from smat_peft.cli import build_parser, main
+from smat_peft.integrity import COMPACT_WEIGHTS_NAME, SAFETENSORS_NAME
+from test_export import smat_classifier, task_logits
+from tiny_models import make_tiny_model
+
+
+@pytest.fixture
+def adapter_dir(tmp_path):
+    model = smat_classifier()
+    model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter", model
+
+
+def test_parser_has_one_sub_command_per_add_function():
+    parser = build_parser()
+    args = parser.parse_args(["push", "dir", "user/repo", "--private", "--revision", "v1", "--subfolder", "a/b",
+                              "--commit-message", "msg", "--token", "t", "--base-model", "facebook/dino-vits16"])
+    assert (args.command, args.private, args.revision, args.subfolder) == ("push", True, "v1", "a/b")
+    assert (args.commit_message, args.token, args.base_model) == ("msg", "t", "facebook/dino-vits16")
+    args = parser.parse_args(["export", "dir", "out", "--delta-dtype", "bfloat16"])
+    assert (args.command, args.delta_dtype, args.base_model, args.verify) == ("export", "bfloat16", None, False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "dir", "out", "--delta-dtype", "int8"])
+
+
+@pytest.mark.parametrize("command", ["push", "export"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: smat-peft {command}" in capsys.readouterr().out
+
+
+def test_push_uploads_the_folder_with_the_smat_card_without_a_base_model(fake_hub, adapter_dir, support):
+    directory, model = adapter_dir
+    (directory / "optimizer.pt").write_bytes(b"training state, not uploaded")
+    status = main(["push", str(directory), "user/smat-vit", "--private", "--revision", "v1", "--subfolder", "smat",
+                   "--commit-message", "first adapter", "--token", FAKE_TOKEN, "--base-model", "org/tiny-vit"])
+    assert status == 0
+    repo = fake_hub.repo("user/smat-vit")
+    assert repo.private and repo.history("v1")[-1].message == "first adapter"
+    files = fake_hub.files("user/smat-vit", revision="v1")
+    assert {"smat/README.md", "smat/adapter_config.json", f"smat/{SAFETENSORS_NAME}"} <= set(files)
+    assert "smat/optimizer.pt" not in files
+    card = files["smat/README.md"].decode()
+    assert "base_model: org/tiny-vit" in card and "smat-peft" in card
+    assert 'PeftModel.from_pretrained(base, "user/smat-vit", revision="v1", subfolder="smat")' in card
+
+    loaded = PeftModel.from_pretrained(make_tiny_model("vit_cls"), "user/smat-vit", revision="v1", subfolder="smat")
+    assert torch.equal(task_logits(loaded.eval(), support), task_logits(model, support))
+
+
+def test_push_a_compact_export_and_load_it_from_the_hub(fake_hub, adapter_dir, tmp_path, support):
+    directory, model = adapter_dir
+    assert main(["export", str(directory), str(tmp_path / "compact"), "--delta-dtype", "float32"]) == 0
+    assert main(["push", str(tmp_path / "compact"), "user/smat-vit-compact"]) == 0
+    files = fake_hub.files("user/smat-vit-compact")
+    assert COMPACT_WEIGHTS_NAME in files and SAFETENSORS_NAME not in files
+    assert 'load_compact(base, "user/smat-vit-compact")' in files["README.md"].decode()
+
+    loaded = load_compact(make_tiny_model("vit_cls"), "user/smat-vit-compact")
+    assert torch.equal(task_logits(loaded, support), task_logits(model, support))
+
+
+def test_push_of_a_broken_adapter_fails_with_one_line_and_uploads_nothing(fake_hub, adapter_dir, capsys):
+    directory, _ = adapter_dir
+    os.remove(directory / SAFETENSORS_NAME)
+    assert main(["push", str(directory), "user/smat-vit"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("smat-peft push: error: SMAT adapter weights are missing") and SAFETENSORS_NAME in err
+    assert not fake_hub.repos
+
+
+def test_export_writes_a_compact_adapter_that_reproduces_the_outputs(adapter_dir, tmp_path, support, capsys):
+    directory, model = adapter_dir
+    assert main(["export", str(directory), str(tmp_path / "compact"), "--delta-dtype", "float32"]) == 0
+    assert "smaller than adapter_model.safetensors" in capsys.readouterr().out
+    loaded = load_compact(make_tiny_model("vit_cls"), tmp_path / "compact")
+    assert torch.equal(task_logits(loaded, support), task_logits(model, support))
+
+
+def test_export_verifies_on_a_base_model(adapter_dir, tmp_path, capsys):
+    directory, _ = adapter_dir
+    make_tiny_model("vit_cls").save_pretrained(tmp_path / "base")
+    status = main(["export", str(directory), str(tmp_path / "compact"), "--delta-dtype", "float32",
+                   "--base-model", str(tmp_path / "base")])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "Verified on the base model: max |full − compact| over a random task's outputs = 0" in out
+
+
+def test_export_verify_without_a_recorded_base_model_says_what_to_pass(adapter_dir, tmp_path, capsys):
+    directory, _ = adapter_dir
+    assert main(["export", str(directory), str(tmp_path / "compact"), "--verify"]) == 1
+    assert "pass --base-model" in capsys.readouterr().err
+
+
+def test_export_of_a_missing_directory_fails_with_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("smat-peft export: error:") and "nothing" in err and "Traceback" not in err
+
+
+def test_console_script_help():
+    script = shutil.which("smat-peft", path=os.path.dirname(sys.executable)) or shutil.which("smat-peft")
+    assert script, "the `smat-peft` console script is not installed: run `pip install -e .`"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "push" in result.stdout and "export" in result.stdout

@@ -1,0 +1,241 @@
+"""Broken adapters fail early with one clear error naming the file; saves are atomic and checksummed."""
+
+import json
+import os
+
+import peft.peft_model
+import pytest
+import torch
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+
+from fakes.fake_hub import fake_hub  # noqa: F401  (pytest fixture)
+from smat_peft import AdapterFileNotFoundError, AdapterIntegrityError, export_compact, load_compact
+from smat_peft.hub import push_smat_to_hub
+from smat_peft.integrity import COMPACT_WEIGHTS_NAME, SAFETENSORS_NAME, file_sha256
+from smat_peft.layer import SmatLayer
+from test_export import smat_classifier, task_logits
+from tiny_models import make_tiny_model
+
+
+def untouched(model) -> bool:
+    """No SMAT layer was injected into `model` (a failed load must leave the base model as it was)."""
+    return not any(isinstance(m, SmatLayer) for m in model.modules()) and "peft_config" not in model.__dict__
+
+
+@pytest.fixture(params=["full", "compact"])
+def saved(request, tmp_path):
+    """A saved adapter directory (full, or compact export) and its weights file name."""
+    model = smat_classifier()
+    if request.param == "full":
+        model.save_pretrained(tmp_path)
+        return tmp_path, SAFETENSORS_NAME
+    export_compact(model, tmp_path)
+    return tmp_path, COMPACT_WEIGHTS_NAME
+
+
+def load(directory, weights_name):
+    """Load `directory` the way its kind is loaded; returns the base model (to check it was left untouched)."""
+    base = make_tiny_model("vit_cls")
+    if weights_name == SAFETENSORS_NAME:
+        PeftModel.from_pretrained(base, directory)
+    else:
+        load_compact(base, directory)
+    return base
+
+
+def failing_load(directory, weights_name, error, match):
+    base = make_tiny_model("vit_cls")
+    with pytest.raises(error, match=match):
+        if weights_name == SAFETENSORS_NAME:
+            PeftModel.from_pretrained(base, directory)
+        else:
+            load_compact(base, directory)
+    assert untouched(base)
+
+
+def test_missing_config_is_named(saved):
+    directory, weights_name = saved
+    os.remove(directory / "adapter_config.json")
+    failing_load(directory, weights_name, ValueError, "adapter_config.json")
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        PeftConfig.from_pretrained(directory)
+
+
+def test_missing_weights_are_named_before_the_base_model_is_touched(saved):
+    directory, weights_name = saved
+    os.remove(directory / weights_name)
+    failing_load(directory, weights_name, AdapterFileNotFoundError, f"weights are missing.*{weights_name}")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_truncated_weights_are_named(saved, keep):
+    directory, weights_name = saved
+    path = directory / weights_name
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    failing_load(directory, weights_name, AdapterIntegrityError, f"{weights_name}.*truncated")
+
+
+def test_garbage_instead_of_safetensors_is_named(saved):
+    directory, weights_name = saved
+    (directory / weights_name).write_bytes(b"<html>503 Service Unavailable</html>")
+    failing_load(directory, weights_name, AdapterIntegrityError, f"Corrupted SMAT adapter weights .*{weights_name}")
+
+
+def test_corrupted_header_json_is_named(saved):
+    directory, weights_name = saved
+    path = directory / weights_name
+    data = bytearray(path.read_bytes())
+    data[8:12] = b"\xff\xfe{{"
+    path.write_bytes(bytes(data))
+    failing_load(directory, weights_name, AdapterIntegrityError, f"{weights_name}: the header is not valid JSON")
+
+
+def test_flipped_bytes_of_the_same_size_fail_the_checksum(saved):
+    directory, weights_name = saved
+    path = directory / weights_name
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    failing_load(directory, weights_name, AdapterIntegrityError, f"{weights_name}: its SHA-256 .* records")
+
+
+def test_newer_adapter_format_asks_to_upgrade(saved):
+    directory, weights_name = saved
+    config = json.loads((directory / "adapter_config.json").read_text())
+    config["smat_format_version"] = 2
+    config["a_field_from_the_future"] = True
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    upgrade = "adapter_config.json.*format version 2.*pip install -U smat-peft"
+    failing_load(directory, weights_name, AdapterIntegrityError, upgrade)
+    with pytest.raises(ValueError, match=upgrade):
+        PeftConfig.from_pretrained(directory)
+
+
+def test_newer_compact_format_asks_to_upgrade(tmp_path):
+    export_compact(smat_classifier(), tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["compact"]["format_version"] = 7
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    upgrade = "compact SMAT export in format version 7.*Upgrade smat-peft"
+    failing_load(tmp_path, COMPACT_WEIGHTS_NAME, AdapterIntegrityError, upgrade)
+
+
+def test_config_that_is_not_json_is_named(tmp_path):
+    export_compact(smat_classifier(), tmp_path)
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "SMAT", ')
+    failing_load(tmp_path, COMPACT_WEIGHTS_NAME, AdapterIntegrityError, "adapter_config.json is not valid JSON")
+
+
+def test_another_architecture_names_both_classes(saved):
+    directory, weights_name = saved
+    base = make_tiny_model("dinov2")
+    with pytest.raises(ValueError, match="for a ViTForImageClassification, but the base model is a Dinov2Model"):
+        if weights_name == SAFETENSORS_NAME:
+            PeftModel.from_pretrained(base, directory)
+        else:
+            load_compact(base, directory)
+    assert untouched(base)
+
+
+def test_compact_export_onto_other_shapes_is_refused_before_injection(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    export_compact(smat_classifier(), tmp_path)
+    wider = ViTForImageClassification(ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=64, image_size=32, patch_size=8, num_labels=5))
+    with pytest.raises(ValueError, match="does not fit this ViTForImageClassification.*shape"):
+        load_compact(wider, tmp_path)
+    assert untouched(wider)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# saving
+def test_save_records_the_weights_checksum_in_every_adapter_config(tmp_path):
+    from smat_peft import SmatConfig
+
+    model = smat_classifier()
+    model.add_adapter("second", SmatConfig(num_experts=2, init_weights=False, target_modules=["fc1"]))
+    model.save_pretrained(tmp_path / "adapter")
+    for folder in (tmp_path / "adapter", tmp_path / "adapter" / "second"):
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["weights_sha256"] == file_sha256(folder / SAFETENSORS_NAME)
+        assert config["smat_format_version"] == 1
+    assert os.listdir(tmp_path) == ["adapter"]  # no staging directory left behind
+    loaded = PeftModel.from_pretrained(make_tiny_model("vit_cls"), tmp_path / "adapter")
+    (tmp_path / "adapter" / "second" / SAFETENSORS_NAME).write_bytes(b"")
+    with pytest.raises(AdapterIntegrityError, match=f"second/{SAFETENSORS_NAME}"):
+        loaded.load_adapter(tmp_path / "adapter" / "second", adapter_name="second")  # checked too
+    assert "second" not in loaded.peft_config
+
+
+def test_a_crash_mid_save_leaves_the_previous_adapter_loadable(tmp_path, support, monkeypatch):
+    model = smat_classifier()
+    model.save_pretrained(tmp_path / "adapter")
+    expected = task_logits(model, support)
+    before = {name: (tmp_path / "adapter" / name).read_bytes() for name in os.listdir(tmp_path / "adapter")}
+
+    with torch.no_grad():  # a further training step
+        for name, param in model.named_parameters():
+            if "smat_delta" in name:
+                param.mul_(2)
+
+    def crash_after_half(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # a partial file
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", crash_after_half)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_pretrained(tmp_path / "adapter")
+    monkeypatch.undo()
+
+    assert {name: (tmp_path / "adapter" / name).read_bytes() for name in os.listdir(tmp_path / "adapter")} == before
+    assert os.listdir(tmp_path) == ["adapter"]
+    loaded = PeftModel.from_pretrained(make_tiny_model("vit_cls"), tmp_path / "adapter").eval()
+    assert torch.equal(task_logits(loaded, support), expected)
+
+
+def test_save_keeps_an_existing_model_card_and_other_files(tmp_path):
+    model = smat_classifier()
+    model.save_pretrained(tmp_path)
+    with open(tmp_path / "README.md", "a") as f:
+        f.write("\nNotes kept across saves.\n")
+    (tmp_path / "optimizer.pt").write_bytes(b"not ours")
+    model.save_pretrained(tmp_path)
+    assert "Notes kept across saves." in (tmp_path / "README.md").read_text()
+    assert (tmp_path / "optimizer.pt").read_bytes() == b"not ours"
+
+
+def test_other_peft_methods_save_as_before(tmp_path):
+    model = get_peft_model(make_tiny_model("vit_cls"), LoraConfig(target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path)
+    assert "weights_sha256" not in json.loads((tmp_path / "adapter_config.json").read_text())
+    PeftModel.from_pretrained(make_tiny_model("vit_cls"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hub
+def test_a_corrupted_hub_adapter_is_refused_before_the_base_model_is_touched(fake_hub):
+    push_smat_to_hub(smat_classifier(), "user/smat-vit", revision="v1", subfolder="smat")
+    repo = fake_hub.repo("user/smat-vit")
+    commit = repo.commits[repo.branches["v1"]]
+    data = bytearray(commit.files[f"smat/{SAFETENSORS_NAME}"])
+    data[-5] ^= 0xFF
+    commit.files[f"smat/{SAFETENSORS_NAME}"] = bytes(data)
+
+    base = make_tiny_model("vit_cls")
+    with pytest.raises(AdapterIntegrityError, match="SHA-256.*user/smat-vit"):
+        PeftModel.from_pretrained(base, "user/smat-vit", revision="v1", subfolder="smat")
+    assert untouched(base)
+
+
+def test_a_hub_adapter_without_weights_is_refused(fake_hub):
+    push_smat_to_hub(smat_classifier(), "user/smat-vit")
+    repo = fake_hub.repo("user/smat-vit")
+    del repo.commits[repo.branches["main"]].files[SAFETENSORS_NAME]
+    base = make_tiny_model("vit_cls")
+    missing = f"Hub repo user/smat-vit has adapter_config.json but no {SAFETENSORS_NAME}"
+    with pytest.raises(AdapterFileNotFoundError, match=missing):
+        PeftModel.from_pretrained(base, "user/smat-vit")
+    assert untouched(base)

@@ -1,0 +1,182 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model
+from tiny_data import synthetic_domain
+from tiny_models import make_tiny_model
+
+
+TESTS_DIR = os.path.dirname(__file__)
+
+
+@pytest.fixture(scope="module")
+def domains():
+    return ({"a": synthetic_domain(30, 8, seed=0), "b": synthetic_domain(30, 8, seed=1)},
+            {"c": synthetic_domain(30, 8, seed=2)})
+
+
+def arguments(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), max_steps=4, tasks_per_update=2, ways=5, shots=2, queries=3,
+                  image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3,
+                  eval_steps=0, save_steps=0, logging_steps=1, eval_episodes=4, test_episodes=6,
+                  disable_tqdm=True, augment=False)
+    values.update(overrides)
+    return MetaTrainingArguments(**values)
+
+
+def smat_model(num_experts=4, sparsity=0.9):
+    return get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=num_experts, sparsity=sparsity))
+
+
+def adapter_state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "smat_" in k}
+
+
+def test_meta_training_lowers_the_query_loss_and_meets_the_sparsity_target(tmp_path, domains):
+    train, ood = domains
+    model = smat_model()
+    trainer = SmatMetaTrainer(model, arguments(tmp_path, max_steps=100, teacher_steps=1, eval_steps=50,
+                                               logging_steps=10), train_datasets=train, eval_datasets=ood)
+    trainer.train()
+    losses = [h["query_loss"] for h in trainer.history if "query_loss" in h]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    report = model.sparsity_report()
+    for expert in report["per_expert"]:
+        assert expert["measured_sparsity"] == pytest.approx(0.9, abs=0.02), report["per_expert"]
+    assert os.path.exists(tmp_path / "best" / "adapter_config.json")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["best_validation_accuracy"] is not None and metrics["train_history"]
+    results = trainer.evaluate()
+    assert set(results["domains"]) == {"a", "b", "c"}
+    assert results["ood_average"]["direct"] == results["domains"]["c"]["direct"]["mean"]
+    assert results["domains"]["a"]["direct"]["episodes"] == 6
+
+
+def test_resume_after_a_kill_is_bit_identical(tmp_path, domains):
+    train, _ = domains
+    reference = smat_model()
+    SmatMetaTrainer(reference, arguments(tmp_path / "ref", max_steps=6), train_datasets=train).train()
+
+    class Killed(Exception):
+        pass
+
+    class KilledTrainer(SmatMetaTrainer):
+        def _start_update(self, update):
+            if update == 4:
+                raise Killed
+            super()._start_update(update)
+
+    interrupted = smat_model()
+    with pytest.raises(Killed):
+        KilledTrainer(interrupted, arguments(tmp_path / "run", max_steps=6, save_steps=3), train_datasets=train).train()
+    assert (tmp_path / "run" / "latest").read_text() == "checkpoint-3"
+
+    resumed = smat_model()
+    SmatMetaTrainer(resumed, arguments(tmp_path / "run", max_steps=6, save_steps=3), train_datasets=train).train(
+        resume_from_checkpoint=True)
+    expected, actual = adapter_state(reference), adapter_state(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, domains, monkeypatch):
+    train, _ = domains
+    model = smat_model()
+    trainer = SmatMetaTrainer(model, arguments(tmp_path, max_steps=6, save_steps=2), train_datasets=train)
+    original = trainer._task_loss
+
+    def poisoned(episode):
+        out = original(episode)
+        if trainer.global_step == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer, "_task_loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss .* update 3 .*checkpoint-2"):
+        trainer.train()
+    resumed = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2), train_datasets=train)
+    resumed._load_checkpoint(True)
+    assert resumed.global_step == 2
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    state = tmp_path / "checkpoint-2" / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
+    with pytest.raises(RuntimeError, match="checkpoint-2.*incomplete or corrupt"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_domain_with_too_few_classes_fails_before_training(tmp_path):
+    small = {"tiny": synthetic_domain(6, 8, seed=0)}
+    with pytest.raises(ValueError, match="tiny"):
+        SmatMetaTrainer(smat_model(), arguments(tmp_path), train_datasets=small)
+
+
+def test_pmf_and_pretrained_baselines_share_the_pipeline(tmp_path, domains):
+    train, ood = domains
+    backbone = make_tiny_model("vit", seed=0)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    pretrained = SmatMetaTrainer(make_tiny_model("vit", seed=0), arguments(tmp_path / "pre"), train_datasets=train,
+                                 eval_datasets=ood).evaluate(modes=("direct",))
+    pmf = SmatMetaTrainer(backbone, arguments(tmp_path / "pmf", max_steps=3, dense_lr=1e-3), train_datasets=train,
+                          eval_datasets=ood)
+    pmf.train()
+    assert any(not torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+    results = pmf.evaluate(modes=("direct",))
+    assert set(results["domains"]) == set(pretrained["domains"]) == {"a", "b", "c"}
+
+
+def test_fine_tuning_modes_pick_the_learning_rate_on_validation_episodes(tmp_path, domains):
+    train, _ = domains
+    args = arguments(tmp_path, test_episodes=2, finetune_steps=2, finetune_lr_grid=(0.0, 1e-3),
+                     finetune_search_episodes=2)
+    trainer = SmatMetaTrainer(smat_model(), args, train_datasets=train)
+    results = trainer.evaluate(datasets={"a": train["a"]}, modes=("direct", "full", "lora"))
+    for mode in ("full", "lora"):
+        entry = results["domains"]["a"][mode]
+        assert entry["lr"] in (0.0, 1e-3) and set(entry["lr_search"]) == {"0.0", "0.001"}
+        assert 0 <= entry["mean"] <= 100
+
+
+TWO_PROCESS_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {tests!r})
+from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model
+from tiny_data import synthetic_domain
+from tiny_models import make_tiny_model
+tasks = int(sys.argv[1])
+model = get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=4, sparsity=0.9))
+args = MetaTrainingArguments(output_dir=sys.argv[2], max_steps=3, tasks_per_update=tasks, ways=5, shots=2, queries=3,
+    image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=5000.0, lagrangian_lr=2.0, router_lr=1e-3, eval_steps=0,
+    save_steps=0, logging_steps=1, disable_tqdm=True, augment=False)
+trainer = SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(30, 8, seed=0)}})
+trainer.train()
+if trainer.accelerator.is_main_process:
+    torch.save({{k: v for k, v in model.state_dict().items() if "smat_" in k}}, sys.argv[2] + "/state.pt")
+"""
+
+
+def test_two_processes_match_one_process_with_two_tasks_per_update(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TWO_PROCESS_SCRIPT.format(tests=TESTS_DIR))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), "2", str(tmp_path / "one")], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    double = subprocess.run(torchrun + [str(script), "1", str(tmp_path / "two")], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = torch.load(tmp_path / "one" / "state.pt"), torch.load(tmp_path / "two" / "state.pt")
+    for key in one:
+        # same episodes and noise; only the order of the floating-point gradient sums differs
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), (key, (one[key] - two[key]).abs().max())
