@@ -11,7 +11,7 @@ masks overlap more, which only shrinks the export). Reported:
   (target: ≥ 10, i.e. the export is at most a tenth of the naive state);
 - for the fp32 export, max |Δ| of the outputs on a random 5-way task against the trained adapter (should be 0).
 
-    python benchmarks/bench_export.py            # ViT-S (≈ 2 minutes on 2 CPU cores, ≈ 3 GB of memory)
+    python benchmarks/bench_export.py            # ViT-S (≈ 30-60 s on 2 CPU cores, ≈ 3 GB of memory)
     python benchmarks/bench_export.py --layers 2 # a smaller, faster run
 """
 

@@ -233,7 +233,7 @@ def export_compact(
     index_json = json.dumps({"format_version": COMPACT_FORMAT_VERSION, "parameters": index}, sort_keys=True)
     metadata = {"format": "pt", _METADATA_KEY: index_json}
 
-    target = os.path.abspath(os.fspath(save_directory))
+    target = os.path.realpath(os.fspath(save_directory))
     if os.path.isfile(target):
         raise ValueError(f"`save_directory` {target} is a file; pass a directory.")
     staging = staging_directory(target)

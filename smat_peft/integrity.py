@@ -354,7 +354,7 @@ def commit_directory(staging: str, target: str) -> list[str]:
 
 def staging_directory(target: str) -> str:
     """A new empty temporary directory next to `target` (same filesystem, so `os.replace` is atomic)."""
-    target = os.path.abspath(target)
+    target = os.path.realpath(target)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
@@ -414,7 +414,7 @@ def install_atomic_save() -> None:
         )
         if not atomic:
             return original(self, save_directory, *args, **kwargs)
-        target = os.path.abspath(os.fspath(save_directory))
+        target = os.path.realpath(os.fspath(save_directory))
         staging = staging_directory(target)
         try:
             readme = os.path.join(target, "README.md")
