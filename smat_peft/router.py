@@ -93,6 +93,28 @@ class SmatRouter(nn.Module):
         if spectral_norm:
             for name in ("qkv", "proj", "fc1", "fc2"):
                 setattr(self, name, _spectral_norm(getattr(self, name)))
+        self.train(self.training)
+
+    def _spectral_norms(self) -> list[nn.Module]:
+        return [m for m in self.modules() if type(m).__name__ == "_SpectralNorm"]
+
+    def train(self, mode: bool = True) -> "SmatRouter":
+        # The power iteration of spectral norm runs only in `update_spectral_norm`, not on every forward: the
+        # estimate then depends on the number of updates, not on how tasks are spread over processes.
+        super().train(mode)
+        for norm in self._spectral_norms():
+            norm.eval()
+        return self
+
+    @torch.no_grad()
+    def update_spectral_norm(self) -> None:
+        """One power iteration of every spectral-normalised layer (the meta-trainer calls it once per update)."""
+        for norm in self._spectral_norms():
+            norm.train()
+        for name in ("qkv", "proj", "fc1", "fc2"):
+            getattr(self, name).weight  # noqa: B018  (reading the parametrized weight runs the iteration)
+        for norm in self._spectral_norms():
+            norm.eval()
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         tokens, dim = x.shape

@@ -50,9 +50,11 @@ def test_keys_and_skill_tokens_are_registered_trainable_parameters():
 
 def test_spectral_norm_bounds_the_linear_layers():
     router = SmatRouter(feature_dim=32, num_experts=4, spectral_norm=True).train()
-    with torch.no_grad():
-        for _ in range(20):
-            router(torch.randn(3, 32))
+    before = router.qkv.weight.clone()
+    router(torch.randn(3, 32))
+    assert torch.equal(router.qkv.weight, before)  # forwards do not run the power iteration
+    for _ in range(20):
+        router.update_spectral_norm()
     router.eval()
     for layer in (router.qkv, router.proj, router.fc1, router.fc2):
         assert torch.linalg.matrix_norm(layer.weight, ord=2) < 1.05

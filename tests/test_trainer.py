@@ -16,8 +16,8 @@ TESTS_DIR = os.path.dirname(__file__)
 
 @pytest.fixture(scope="module")
 def domains():
-    return ({"a": synthetic_domain(30, 8, seed=0), "b": synthetic_domain(30, 8, seed=1)},
-            {"c": synthetic_domain(30, 8, seed=2)})
+    return ({"a": synthetic_domain(40, 8, seed=0), "b": synthetic_domain(40, 8, seed=1)},
+            {"c": synthetic_domain(40, 8, seed=2)})
 
 
 def arguments(tmp_path, **overrides):
@@ -156,9 +156,9 @@ from tiny_models import make_tiny_model
 tasks = int(sys.argv[1])
 model = get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=4, sparsity=0.9))
 args = MetaTrainingArguments(output_dir=sys.argv[2], max_steps=3, tasks_per_update=tasks, ways=5, shots=2, queries=3,
-    image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=5000.0, lagrangian_lr=2.0, router_lr=1e-3, eval_steps=0,
+    image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3, eval_steps=0,
     save_steps=0, logging_steps=1, disable_tqdm=True, augment=False)
-trainer = SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(30, 8, seed=0)}})
+trainer = SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(40, 8, seed=0)}})
 trainer.train()
 if trainer.accelerator.is_main_process:
     torch.save({{k: v for k, v in model.state_dict().items() if "smat_" in k}}, sys.argv[2] + "/state.pt")

@@ -140,6 +140,7 @@ class MetaTrainingArguments:
     report_to: tuple[str, ...] = field(
         default=(), metadata={"help": "Accelerate trackers, e.g. tensorboard, wandb (none by default)."}
     )
+    use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even if an accelerator is available."})
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast)."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 

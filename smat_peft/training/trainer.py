@@ -95,6 +95,9 @@ class SmatMetaTrainer:
         self.image_processor = image_processor
         self.is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
         self.accelerator = Accelerator(
+            # on a machine without an accelerator this makes torchrun / `accelerate launch --multi_gpu` give a
+            # gloo process group of CPU processes
+            cpu=args.use_cpu or not torch.cuda.is_available(),
             mixed_precision=args.mixed_precision,
             log_with=list(args.report_to) or None,
             project_dir=args.output_dir,
@@ -195,6 +198,7 @@ class SmatMetaTrainer:
         tasks_seen = update * self.accelerator.num_processes * self.args.tasks_per_update
         for router in smat.smat_router.values():
             router.temperature.fill_(self.args.router_temperature(tasks_seen))
+            router.update_spectral_norm()
         if self.args.sparsity_reset:
             with torch.no_grad():
                 measured, _ = smat.expert_sparsity(self.adapter_name)
@@ -285,6 +289,7 @@ class SmatMetaTrainer:
     def _write_metrics(self, extra: Optional[dict[str, Any]] = None) -> None:
         if not self.accelerator.is_main_process:
             return
+        os.makedirs(self.args.output_dir, exist_ok=True)
         path = os.path.join(self.args.output_dir, "metrics.json")
         existing = {}
         if os.path.exists(path):
