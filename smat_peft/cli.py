@@ -26,6 +26,7 @@ can fix (missing or corrupted files, a wrong base model, Hub errors) are printed
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
@@ -181,7 +182,144 @@ def verify_export(adapter_dir: str, export_dir: str, base_model: Optional[str] =
 
 # ----------------------------------------------------------------------------------------------------------------
 # entry point
-COMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (add_push_parser, add_export_parser)
+_TRAINING_HELP = "Every MetaTrainingArguments field is a flag; --config takes a YAML/JSON file of the same names."
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or JSON file of arguments; flags on the command line override it.")
+
+
+def add_meta_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`smat-peft meta-train`: meta-train SMAT (or the PMF baseline) over episodes from 🤗 datasets."""
+    from .training import MetaTrainingArguments
+    from .training.cli_args import DataArguments, ModelArguments
+
+    parser = subparsers.add_parser(
+        "meta-train", help="Meta-train a SMAT adapter (or PMF) on episodes from 🤗 datasets.",
+        description=f"Meta-train a SMAT adapter (or the PMF baseline). {_TRAINING_HELP}",
+        dataclass_types=[ModelArguments, DataArguments, MetaTrainingArguments],
+    )
+    _add_training_arguments(parser)
+    parser.set_defaults(func=run_meta_train)
+    return parser
+
+
+def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`smat-peft evaluate`: meta-test a SMAT adapter, PMF or the pre-trained backbone on fixed episodes."""
+    from .training import MetaTrainingArguments
+    from .training.cli_args import DataArguments, ModelArguments
+
+    parser = subparsers.add_parser(
+        "evaluate", help="Meta-test on fixed episodes: accuracy ± 95%% CI per domain, ID and OOD averages.",
+        description=f"Meta-test a SMAT adapter, PMF or the pre-trained backbone. {_TRAINING_HELP}",
+        dataclass_types=[ModelArguments, DataArguments, MetaTrainingArguments],
+    )
+    _add_training_arguments(parser)
+    parser.set_defaults(func=run_evaluate)
+    return parser
+
+
+def _training_dataclasses(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from .training import MetaTrainingArguments
+    from .training.cli_args import DataArguments, ModelArguments
+
+    return [cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.init}) for cls in
+            (ModelArguments, DataArguments, MetaTrainingArguments)]
+
+
+def _build_model(model_args, for_training: bool):
+    from transformers import AutoImageProcessor, AutoModel
+
+    from . import SmatConfig, get_smat_model
+
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required (a local transformers model directory or a Hub id).")
+    backbone = AutoModel.from_pretrained(model_args.model_name_or_path)
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
+    except (OSError, ValueError):
+        processor = None
+    if model_args.method != "smat":
+        return backbone, processor
+    if model_args.adapter_name_or_path:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(backbone, model_args.adapter_name_or_path, is_trainable=for_training), processor
+    config = SmatConfig(num_experts=model_args.num_experts, sparsity=model_args.sparsity,
+                        target_all_parameters=model_args.target_all_parameters)
+    return get_smat_model(backbone, config), processor
+
+
+def run_meta_train(args: argparse.Namespace) -> int:
+    from .training import SmatMetaTrainer
+    from .training.cli_args import load_domains
+
+    model_args, data_args, training_args = _training_dataclasses(args)
+    if model_args.method == "pretrained":
+        raise ValueError("--method pretrained has nothing to train; use `smat-peft evaluate --method pretrained`.")
+    if not data_args.train_datasets:
+        raise ValueError("--train_datasets is required, e.g. --train_datasets emoji=/data/emoji cards=/data/cards.")
+    model, processor = _build_model(model_args, for_training=True)
+    trainer = SmatMetaTrainer(model, training_args, train_datasets=load_domains(data_args.train_datasets),
+                              eval_datasets=load_domains(data_args.eval_datasets), image_processor=processor)
+    metrics = trainer.train()
+    if trainer.is_smat and trainer.accelerator.is_main_process:
+        trainer._save_adapter(os.path.join(training_args.output_dir, "adapter"))
+    _print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
+    _print(f"adapter and metrics.json written to {training_args.output_dir}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .training import SmatMetaTrainer
+    from .training.cli_args import load_domains
+
+    model_args, data_args, training_args = _training_dataclasses(args)
+    if not data_args.train_datasets and not data_args.eval_datasets:
+        raise ValueError("Pass --train_datasets (in-domain) and/or --eval_datasets (out-of-domain) as name=path.")
+    model, processor = _build_model(model_args, for_training=False)
+    trainer = SmatMetaTrainer(model, training_args, train_datasets=load_domains(data_args.train_datasets),
+                              eval_datasets=load_domains(data_args.eval_datasets), image_processor=processor)
+    results = trainer.evaluate()
+    _print(format_results(results))
+    _print(f"results written to {os.path.join(training_args.output_dir, 'metrics.json')}")
+    return 0
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A Markdown table: one row per domain, one column per mode (mean ± 95% CI), then the ID / OOD averages."""
+    modes = results["modes"]
+    lines = ["| domain | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+    for domain, per_mode in results["domains"].items():
+        cells = [f"{per_mode[m]['mean']:.2f} ± {per_mode[m]['ci95']:.2f}" for m in modes]
+        lines.append(f"| {domain} | " + " | ".join(cells) + " |")
+    for key, label in (("id_average", "ID average"), ("ood_average", "OOD average")):
+        if results.get(key):
+            lines.append(f"| **{label}** | " + " | ".join(f"{results[key].get(m, float('nan')):.2f}" for m in modes) + " |")
+    return "\n".join(lines)
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            config = yaml.safe_load(f) or {}
+        else:
+            config = json.load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"Config file {path!r} must hold a mapping of argument names to values.")
+    return config
+
+
+COMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
+    add_meta_train_parser,
+    add_evaluate_parser,
+    add_push_parser,
+    add_export_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,10 +338,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="smat-peft", description="SMAT (Sparse MetA-Tuning) adapters for vision transformers."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from transformers import HfArgumentParser
+
+    # HfArgumentParser (an ArgumentParser) turns the arguments dataclasses into flags for meta-train / evaluate
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=HfArgumentParser)
     for add_parser in COMMANDS:
         add_parser(subparsers)
     return parser
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> None:
+    """Load `--config` of the chosen command as defaults of its parser, so that flags still override it."""
+    known, _ = parser.parse_known_args(argv)
+    path = getattr(known, "config", None)
+    if not path:
+        return
+    subparser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[known.command]
+    config = _load_config(path)
+    allowed = {a.dest for a in subparser._actions}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"Unknown keys in {path}: {unknown}. `smat-peft {known.command} --help` lists the arguments.")
+    subparser.set_defaults(**config)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -217,7 +373,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     0
     ```
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        _apply_config(parser, argv)
+    except (ValueError, OSError) as error:
+        print(f"smat-peft: error: {error}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, OSError) as error:  # user-fixable: files, base model, Hub (HfHubHTTPError is an OSError)

@@ -1,5 +1,6 @@
 """The `smat-peft` command line: `push` (through a fake Hub) and `export`, called in-process via `main([...])`."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -120,3 +121,57 @@ def test_console_script_help():
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "push" in result.stdout and "export" in result.stdout
+
+
+# ---- meta-train / evaluate ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training_assets(tmp_path_factory):
+    import sys as _sys
+
+    _sys.path.insert(0, os.path.dirname(__file__))
+    from tiny_data import synthetic_domain
+
+    root = tmp_path_factory.mktemp("cli-assets")
+    make_tiny_model("vit").save_pretrained(root / "vit")
+    for name, seed in (("a", 0), ("b", 1)):
+        synthetic_domain(40, 8, seed=seed).save_to_disk(str(root / name))
+    return root
+
+
+def test_meta_train_then_evaluate_from_the_command_line(training_assets, tmp_path, capsys):
+    root = training_assets
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"model_name_or_path: {root / 'vit'}\nnum_experts: 2\ntrain_datasets: ['a={root / 'a'}']\n"
+        "max_steps: 50\ntasks_per_update: 1\nways: 5\nshots: 2\nqueries: 2\nimage_size: 32\nwarmup_steps: 0\n"
+        "eval_steps: 0\nsave_steps: 0\ndisable_tqdm: true\ntest_episodes: 3\n"
+    )
+    out = tmp_path / "run"
+    assert main(["meta-train", "--config", str(config), "--max_steps", "2", "--output_dir", str(out)]) == 0
+    assert (out / "adapter" / "adapter_config.json").exists() and (out / "checkpoint-2").is_dir()
+    history = json.loads((out / "metrics.json").read_text())["train_history"]
+    assert history[-1]["step"] == 2  # the flag overrode the config file's max_steps
+    capsys.readouterr()
+    assert main(["evaluate", "--config", str(config), "--adapter_name_or_path", str(out / "adapter"),
+                 "--eval_datasets", f"b={root / 'b'}", "--output_dir", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| a |" in table and "| b |" in table and "OOD average" in table
+    evaluation = json.loads((out / "metrics.json").read_text())["evaluation"]
+    assert evaluation["domains"]["b"]["direct"]["episodes"] == 3
+
+
+def test_unknown_config_keys_are_refused(training_assets, tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"max_stepz": 3}))
+    assert main(["meta-train", "--config", str(config)]) == 1
+    assert "Unknown keys" in capsys.readouterr().err
+
+
+def test_meta_train_help_lists_every_training_argument(capsys):
+    with pytest.raises(SystemExit):
+        main(["meta-train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--inner_steps", "--distillation_direction", "--tasks_per_update", "--train_datasets", "--config"):
+        assert flag in text

@@ -52,8 +52,8 @@ class MetaTrainingArguments:
     max_ways: int = field(default=50, metadata={"help": "Largest number of ways of variable episodes."})
     max_support: int = field(default=500, metadata={"help": "Largest support set of variable episodes."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the disjoint train/validation/test class splits."})
-    split_fractions: tuple[float, float, float] = field(
-        default=(0.7, 0.15, 0.15), metadata={"help": "Fractions of each domain's classes in train/validation/test."}
+    split_fractions: list[float] = field(
+        default_factory=lambda: [0.7, 0.15, 0.15], metadata={"help": "Fractions of each domain's classes in train/validation/test."}
     )
     min_images_policy: str = field(
         default="skip",
@@ -118,13 +118,13 @@ class MetaTrainingArguments:
     eval_steps: int = field(default=500, metadata={"help": "Validate (and keep the best adapter) every N updates; 0: never."})
     eval_episodes: int = field(default=120, metadata={"help": "Fixed validation episodes per training domain."})
     test_episodes: int = field(default=600, metadata={"help": "Fixed test episodes per domain in `evaluate()`."})
-    eval_modes: tuple[str, ...] = field(
-        default=("direct",),
+    eval_modes: list[str] = field(
+        default_factory=lambda: ["direct"],
         metadata={"help": "Meta-test modes: 'direct' (ProtoNet on θ_i), 'full' and/or 'lora' fine-tuning on the support set."},
     )
     finetune_steps: int = field(default=50, metadata={"help": "Fine-tuning steps on the support set (P2: not 0)."})
-    finetune_lr_grid: tuple[float, ...] = field(
-        default=(0.0, 1e-6, 1e-5, 1e-4, 1e-3), metadata={"help": "Learning rates searched per domain for fine-tuning."}
+    finetune_lr_grid: list[float] = field(
+        default_factory=lambda: [0.0, 1e-6, 1e-5, 1e-4, 1e-3], metadata={"help": "Learning rates searched per domain for fine-tuning."}
     )
     finetune_search_episodes: int = field(
         default=5, metadata={"help": "Validation episodes per domain scoring each learning rate (never test ones, P11)."}
@@ -137,8 +137,8 @@ class MetaTrainingArguments:
     save_steps: int = field(default=500, metadata={"help": "Checkpoint every N updates; 0: only at the end."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted first)."})
     logging_steps: int = field(default=10, metadata={"help": "Log metrics every N updates."})
-    report_to: tuple[str, ...] = field(
-        default=(), metadata={"help": "Accelerate trackers, e.g. tensorboard, wandb (none by default)."}
+    report_to: list[str] = field(
+        default_factory=list, metadata={"help": "Accelerate trackers, e.g. tensorboard, wandb (none by default)."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even if an accelerator is available."})
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast)."})
@@ -147,7 +147,7 @@ class MetaTrainingArguments:
     def __post_init__(self) -> None:
         for name in ("split_fractions", "eval_modes", "finetune_lr_grid", "report_to"):
             value = getattr(self, name)
-            setattr(self, name, tuple([value] if isinstance(value, (str, int, float)) else value))
+            setattr(self, name, [value] if isinstance(value, (str, int, float)) else list(value))
         positive = ("ways", "shots", "queries", "max_steps", "tasks_per_update", "image_size", "eval_episodes",
                     "test_episodes")
         for name in positive:

@@ -107,7 +107,13 @@ class SmatMetaTrainer:
         self.global_step = 0
         self.best_metric: Optional[float] = None
         self.history: list[dict[str, Any]] = []
-        self._build_optimizers()
+        self.optimizers: Optional[dict[str, torch.optim.Optimizer]] = None  # built by train()
+        if self.is_smat:
+            smat: SmatModel = self.model.base_model
+            self.adapter_name = smat.active_adapters[0]
+            num_experts = smat.peft_config[self.adapter_name].num_experts
+            # λ, one Lagrange multiplier per expert
+            self.multipliers = nn.Parameter(torch.zeros(num_experts, device=self.accelerator.device))
 
     # ------------------------------------------------------------------------------------------------------------
     # data
@@ -146,15 +152,12 @@ class SmatMetaTrainer:
     # ------------------------------------------------------------------------------------------------------------
     # optimisation
     def _build_optimizers(self) -> None:
+        if self.optimizers is not None:
+            return
         args = self.args
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers = {}
         self.clip_groups: dict[str, tuple[list[nn.Parameter], float]] = {}
         if self.is_smat:
-            smat: SmatModel = self.model.base_model
-            adapter = smat.active_adapters[0]
-            self.adapter_name = adapter
-            num_experts = smat.peft_config[adapter].num_experts
-            self.multipliers = nn.Parameter(torch.zeros(num_experts, device=self.accelerator.device))
             named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             deltas = [p for n, p in named if ".smat_delta." in n]
             masks = [p for n, p in named if ".smat_log_alpha." in n]
@@ -221,6 +224,7 @@ class SmatMetaTrainer:
         args = self.args
         if self.train_sampler is None:
             raise ValueError("No `train_datasets` were given to the trainer.")
+        self._build_optimizers()
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
         if self.accelerator.is_main_process:
@@ -395,6 +399,7 @@ class SmatMetaTrainer:
             shutil.rmtree(os.path.join(self.args.output_dir, name), ignore_errors=True)
 
     def _load_checkpoint(self, checkpoint: Union[str, bool]) -> None:
+        self._build_optimizers()
         if checkpoint is True or checkpoint == "latest":
             checkpoint = self._latest_checkpoint()
             if checkpoint is None:
