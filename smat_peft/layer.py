@@ -79,7 +79,7 @@ class SmatLayer(BaseTunerLayer):
         # Task state, set by `SmatModel.task`: per adapter, the per-parameter deltas of the current task.
         self._task_deltas: dict[str, list[torch.Tensor]] = {}
         self._effective: Optional[tuple[tuple[str, ...], list[torch.Tensor]]] = None
-        self._eval_masks: dict[tuple[str, int], tuple[tuple, torch.Tensor, bool]] = {}
+        self._eval_masks: dict[tuple, tuple] = {}
         self._original_params: Optional[list[torch.Tensor]] = None
         # Set by `SmatModel` while it computes support features with the frozen pre-trained backbone.
         self._bypass = False
@@ -162,16 +162,31 @@ class SmatLayer(BaseTunerLayer):
         merged = []
         for index in range(len(self.param_names)):
             if self.training:
-                masks = hard_concrete(config).sample(self.smat_log_alpha[adapter][index])
-                merged.append(merge_dense(masks, weights))
+                merged.append(hard_concrete(config).sample_merged(self.smat_log_alpha[adapter][index], weights))
             else:
                 value, packed, _ = self._eval_mask(adapter, index)
                 merged.append(merge_packed(value, weights.float()) if packed else merge_dense(value, weights))
         return merged
 
     def eval_mask_nonzero(self, adapter: str) -> torch.Tensor:
-        """Number of non-zero elements of each expert's eval mask over all adapted parameters `[M]`."""
-        return sum(self._eval_mask(adapter, index)[2] for index in range(len(self.param_names)))
+        """Number of non-zero elements of each expert's eval mask over all adapted parameters `[M]`.
+
+        Counted from `log α` against the eval threshold, without building the masks; cached until `log α` changes.
+        """
+        hc = hard_concrete(self.smat_config[adapter])
+        total = 0
+        for index, p in enumerate(self.base_params):
+            log_alpha = self.smat_log_alpha[adapter][index]
+            key = ("nonzero", adapter, index)
+            version = (log_alpha._version, log_alpha.data_ptr())
+            cached = self._eval_masks.get(key)
+            if cached is None or cached[0] != version:
+                with torch.no_grad():
+                    count = (log_alpha > hc.eval_nonzero_threshold).flatten(1).sum(1).float()
+                    cached = (version, count * (p.numel() // log_alpha[0].numel()))
+                self._eval_masks[key] = cached
+            total = total + cached[1]
+        return total
 
     def expected_nonzero(self, adapter: str) -> torch.Tensor:
         """Expected number of non-zero mask elements per expert `[M]` (expected L0), differentiable w.r.t. `log α`."""

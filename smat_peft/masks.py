@@ -70,10 +70,60 @@ class HardConcrete:
         s = torch.sigmoid(log_alpha.float())
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
+    @property
+    def eval_nonzero_threshold(self) -> float:
+        """`log α` above which the eval mask is non-zero: `logit(−γ / (ζ − γ))`."""
+        p = -self.gamma / (self.zeta - self.gamma)
+        return math.log(p / (1.0 - p))
+
+    def sample_merged(self, log_alpha: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """`Σ_m weights_m z_m` of freshly sampled training masks `z` of `log_alpha [M, ...]`, in one fused pass.
+
+        Same values and gradients as `merge_dense(self.sample(log_alpha), weights)`, with a fraction of the memory
+        traffic: the backward needs only the masks themselves (see `_HardConcreteMerge`).
+        """
+        return _HardConcreteMerge.apply(log_alpha, weights, self)
+
     def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """`P(z ≠ 0) = σ(log α − β·log(−γ/ζ))`, the expected-L0 density of each element (differentiable)."""
         shift = self.beta * math.log(-self.gamma / self.zeta)
         return torch.sigmoid(log_alpha.float() - shift).clamp(_EPS, 1.0 - _EPS)
+
+
+class _HardConcreteMerge(torch.autograd.Function):
+    """Sample hard-concrete masks and merge them with expert weights; saves only the masks for backward.
+
+    With `z = clamp(s·(ζ−γ) + γ, 0, 1)` and `s = σ((logit(u) + log α)/β)`, `dz/dlog α = (z−γ)(ζ−z) / ((ζ−γ)·β)`
+    where `0 < z < 1` and 0 where the mask is clamped, so the sigmoid need not be kept.
+    """
+
+    @staticmethod
+    def forward(ctx, log_alpha: torch.Tensor, weights: torch.Tensor, hc: "HardConcrete") -> torch.Tensor:
+        masks = torch.empty(log_alpha.shape, dtype=torch.float32, device=log_alpha.device)
+        if hc.noise:
+            masks.uniform_(_EPS, 1.0 - _EPS).logit_().add_(log_alpha)
+        else:
+            masks.copy_(log_alpha)
+        masks.div_(hc.beta).sigmoid_().mul_(hc.zeta - hc.gamma).add_(hc.gamma).clamp_(0.0, 1.0)
+        ctx.hc = hc
+        ctx.log_alpha_dtype = log_alpha.dtype
+        ctx.save_for_backward(masks, weights)
+        return torch.tensordot(weights.to(masks.dtype), masks, dims=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        masks, weights = ctx.saved_tensors
+        hc = ctx.hc
+        grad_weights = grad_log_alpha = None
+        if ctx.needs_input_grad[1]:
+            grad_weights = (masks.flatten(1) @ grad.flatten().to(masks.dtype)).to(weights.dtype)
+        if ctx.needs_input_grad[0]:
+            slope = (masks - hc.gamma).mul_(hc.zeta - masks).mul_(1.0 / ((hc.zeta - hc.gamma) * hc.beta))
+            slope.masked_fill_((masks <= 0.0) | (masks >= 1.0), 0.0)
+            shape = (-1,) + (1,) * (masks.dim() - 1)
+            slope.mul_(weights.to(slope.dtype).view(shape)).mul_(grad.to(slope.dtype))
+            grad_log_alpha = slope.to(ctx.log_alpha_dtype)
+        return grad_log_alpha, grad_weights, None
 
 
 def pack_binary(masks: torch.Tensor) -> torch.Tensor:

@@ -492,6 +492,13 @@ class SmatModel(BaseTuner):
                 expected = expected + layer.expected_nonzero(adapter_name)
         return 1.0 - nonzero / total, expected / total
 
+    def measured_sparsity(self, adapter_name: Optional[str] = None) -> torch.Tensor:
+        """Fraction of zeros of each expert's eval mask over all adapted parameters `[M]` (cheap, no gradient)."""
+        adapter_name = adapter_name or self.active_adapters[0]
+        layers = [layer for _, layer in self.smat_layers() if adapter_name in layer.smat_delta]
+        total = sum(layer.num_masked_elements for layer in layers)
+        return 1.0 - sum(layer.eval_mask_nonzero(adapter_name) for layer in layers) / total
+
     def clip_mask_logits_(self) -> None:
         """Clip every mask logit to `[-mask_logit_clip, mask_logit_clip]` (the trainer calls this after each step)."""
         for _, layer in self.smat_layers():

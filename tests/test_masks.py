@@ -60,3 +60,35 @@ def test_packed_binary_merge_equals_dense_merge(num_experts):
 def test_pack_refuses_too_many_experts():
     with pytest.raises(ValueError, match="At most 16"):
         pack_binary(torch.ones(17, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_sample_merge_matches_autograd_reference(dtype):
+    hc = HardConcrete(noise=False)
+    log_alpha = (torch.randn(4, 6, 5) * 2).to(dtype).requires_grad_(True)
+    weights = torch.softmax(torch.randn(4), 0).requires_grad_(True)
+    upstream = torch.randn(6, 5)
+    fused = hc.sample_merged(log_alpha, weights)
+    (fused * upstream).sum().backward()
+    grads = log_alpha.grad.clone(), weights.grad.clone()
+    log_alpha.grad = weights.grad = None
+    reference = merge_dense(hc.sample(log_alpha), weights)
+    (reference * upstream).sum().backward()
+    assert torch.allclose(fused, reference, atol=1e-6)
+    assert torch.allclose(grads[0].float(), log_alpha.grad.float(), atol=1e-5)
+    assert torch.allclose(grads[1], weights.grad, atol=1e-5)
+
+
+def test_fused_sample_with_noise_has_the_expected_mean():
+    hc = HardConcrete(noise=True)
+    log_alpha = torch.zeros(1, 200000)
+    merged = hc.sample_merged(log_alpha, torch.ones(1))
+    reference = hc.sample(log_alpha)
+    assert merged.mean().item() == pytest.approx(reference.mean().item(), abs=0.01)
+    assert (merged == 0).float().mean().item() == pytest.approx(1 - hc.prob_nonzero(log_alpha).mean().item(), abs=0.01)
+
+
+def test_eval_threshold_matches_the_eval_mask():
+    hc = HardConcrete()
+    log_alpha = torch.linspace(-5, 5, 1001)
+    assert torch.equal(hc.eval_mask(log_alpha) > 0, log_alpha > hc.eval_nonzero_threshold)

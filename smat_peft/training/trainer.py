@@ -204,7 +204,7 @@ class SmatMetaTrainer:
             router.update_spectral_norm()
         if self.args.sparsity_reset:
             with torch.no_grad():
-                measured, _ = smat.expert_sparsity(self.adapter_name)
+                measured = smat.measured_sparsity(self.adapter_name)
                 target = smat.peft_config[self.adapter_name].sparsity
                 self.multipliers[measured.to(self.multipliers.device) >= target] = 0.0
 
@@ -216,6 +216,44 @@ class SmatMetaTrainer:
 
     # ------------------------------------------------------------------------------------------------------------
     # training
+    def training_step(self, episodes: list) -> list[dict[str, float]]:
+        """One meta-update over `episodes` (the update's tasks on this process); returns each task's metrics.
+
+        Sets the router temperature and resets satisfied multipliers, accumulates the tasks' gradients, averages
+        them across processes, clips, steps every optimizer and schedule, and clips the mask logits.
+        """
+        self._build_optimizers()
+        update = self.global_step
+        self._start_update(update)
+        task_logs = []
+        for episode in episodes:
+            torch.manual_seed(self.args.seed * 1_000_003 + episode.index)
+            start = time.perf_counter()
+            out = self._task_loss(episode)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(
+                    f"Non-finite loss {out.loss.item()} at update {update} (episode {episode.index}, domain "
+                    f"{episode.domain!r}); no step was taken. The last good checkpoint is "
+                    f"{self._latest_checkpoint() or 'none (no checkpoint saved yet)'}. Lower the learning rates "
+                    "or use bf16 instead of fp16."
+                )
+            self.accelerator.backward(out.loss / len(episodes))
+            task_logs.append({"loss": out.loss.item(), "query_loss": out.query_loss, "accuracy": out.query_accuracy,
+                              **out.metrics, "step_time_s": time.perf_counter() - start})
+        self._all_reduce_gradients()
+        for params, max_norm in self.clip_groups.values():
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        for name, optimizer in self.optimizers.items():
+            optimizer.step()
+            self.schedulers[name].step()
+            optimizer.zero_grad(set_to_none=True)
+        if self.is_smat:
+            self.model.base_model.clip_mask_logits_()
+            with torch.no_grad():
+                self.multipliers.clamp_(min=0.0)
+        self.global_step += 1
+        return task_logs
+
     def train(self, resume_from_checkpoint: Union[str, bool, None] = None) -> dict[str, Any]:
         """Meta-train for `max_steps` updates; resume from a checkpoint directory, or `True` for the latest one.
 
@@ -238,34 +276,11 @@ class SmatMetaTrainer:
         window: list[dict[str, float]] = []
         start_time = time.perf_counter()
         while self.global_step < args.max_steps:
-            update = self.global_step
-            self._start_update(update)
-            for j in range(args.tasks_per_update):
-                episode = self._to_device(next(episodes))
-                torch.manual_seed(args.seed * 1_000_003 + episode.index)
-                out = self._task_loss(episode)
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(
-                        f"Non-finite loss {out.loss.item()} at update {update} (episode {episode.index}, domain "
-                        f"{episode.domain!r}); no step was taken. The last good checkpoint is "
-                        f"{self._latest_checkpoint() or 'none (no checkpoint saved yet)'}. Lower the learning rates "
-                        "or use bf16 instead of fp16."
-                    )
-                self.accelerator.backward(out.loss / args.tasks_per_update)
-                window.append({"loss": out.loss.item(), "query_loss": out.query_loss, "accuracy": out.query_accuracy,
-                               **out.metrics})
-            self._all_reduce_gradients()
-            for params, max_norm in self.clip_groups.values():
-                torch.nn.utils.clip_grad_norm_(params, max_norm)
-            for name, optimizer in self.optimizers.items():
-                optimizer.step()
-                self.schedulers[name].step()
-                optimizer.zero_grad(set_to_none=True)
-            if self.is_smat:
-                self.model.base_model.clip_mask_logits_()
-                with torch.no_grad():
-                    self.multipliers.clamp_(min=0.0)
-            self.global_step += 1
+            wait = time.perf_counter()
+            batch = [self._to_device(next(episodes)) for _ in range(args.tasks_per_update)]
+            data_time = time.perf_counter() - wait
+            task_logs = self.training_step(batch)
+            window += [{**logs, "data_time_s": data_time / len(batch)} for logs in task_logs]
             progress.update(1)
 
             if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:

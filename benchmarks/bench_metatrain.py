@@ -1,0 +1,129 @@
+"""Meta-training cost of SMAT vs PMF, measured side by side in one run on the same episodes and backbone.
+
+- SMAT meta-training step ÷ PMF step, with the dense teacher on (target ≤ 4.0) and off (target ≤ 2.5);
+- episode sampling + collation as a share of the update time, with 2 DataLoader workers (target ≤ 10%);
+- peak memory of one training step of each (fresh subprocesses, peak RSS growth).
+
+Backbone: a ViT-S sized model (hidden 384, 12 layers, patch 14, random weights) at 56 px; 5-way 5-shot
+5-query episodes from synthetic domains; SMAT with M = 8, τ = 0.9 on the default targets.
+
+    python benchmarks/bench_metatrain.py           # about 5 minutes on 2 CPU cores
+    python benchmarks/bench_metatrain.py --quick   # fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import torch
+from transformers import ViTConfig, ViTModel
+
+from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model
+from smat_peft.testing import synthetic_domain
+
+
+IMAGE_SIZE = 56
+
+
+def backbone() -> ViTModel:
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                       image_size=IMAGE_SIZE, patch_size=14)
+    return ViTModel(config, add_pooling_layer=False)
+
+
+def domains() -> dict:
+    return {"a": synthetic_domain(40, 12, size=IMAGE_SIZE, seed=0), "b": synthetic_domain(40, 12, size=IMAGE_SIZE, seed=1)}
+
+
+def trainer(method: str, output_dir: str, **overrides) -> SmatMetaTrainer:
+    values = dict(output_dir=output_dir, max_steps=1000, tasks_per_update=1, ways=5, shots=5, queries=5,
+                  image_size=IMAGE_SIZE, warmup_steps=0, eval_steps=0, save_steps=0, disable_tqdm=True, augment=True)
+    values.update(overrides)
+    if method == "pmf":
+        model = backbone()
+    else:
+        model = get_smat_model(backbone(), SmatConfig(num_experts=8, sparsity=0.9))
+        values["teacher_steps"] = 1 if method == "smat" else 0
+    return SmatMetaTrainer(model, MetaTrainingArguments(**values), train_datasets=domains())
+
+
+def step_times(repeats: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {m: trainer(m, os.path.join(tmp, m)) for m in ("pmf", "smat", "smat_no_teacher")}
+        sampler = trainers["pmf"].train_sampler
+        episodes = [sampler.episode(i) for i in range(repeats + 1)]
+        times: dict[str, list[float]] = {m: [] for m in trainers}
+        for i, episode in enumerate(episodes):  # interleaved, first round is warm-up
+            for method, t in trainers.items():
+                t.model.train()
+                logs = t.training_step([episode])
+                if i:
+                    times[method].append(logs[0]["step_time_s"])
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def data_share(updates: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t = trainer("smat", tmp, max_steps=updates, dataloader_num_workers=2, logging_steps=1)
+        t.train()
+        data = sum(h["data_time_s"] for h in t.history[1:])  # the first update includes the workers' start-up
+        step = sum(h["step_time_s"] for h in t.history[1:])
+    return {"data_time_s": data, "step_time_s": step, "data_share": data / (data + step)}
+
+
+def memory_worker(method: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t = trainer(method, tmp)
+        episode = t.train_sampler.episode(0)
+        t.model.train()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t.training_step([episode])
+        t.training_step([t.train_sampler.episode(1)])
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"method": method, "peak_step_memory_MiB": (peak - before) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_metatrain.json"))
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker)))
+        return
+    times = step_times(2 if args.quick else 4)
+    results = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
+        "step_time_s": times,
+        "smat_over_pmf": times["smat"] / times["pmf"],
+        "smat_no_teacher_over_pmf": times["smat_no_teacher"] / times["pmf"],
+        "data": data_share(4 if args.quick else 8),
+        "memory": [json.loads(subprocess.run([sys.executable, __file__, "--memory-worker", m], check=True,
+                                             capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                   for m in ("pmf", "smat", "smat_no_teacher")],
+    }
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=2)
+    print("\n| measure | value | target |\n|---|---|---|")
+    print(f"| SMAT step / PMF step (dense teacher on) | {results['smat_over_pmf']:.2f} | ≤ 4.0 |")
+    print(f"| SMAT step / PMF step (dense teacher off) | {results['smat_no_teacher_over_pmf']:.2f} | ≤ 2.5 |")
+    print(f"| episode sampling + collation share of update time (2 workers) | {100 * results['data']['data_share']:.1f}% | ≤ 10% |")
+    for m in results["memory"]:
+        print(f"| peak memory of a training step, {m['method']} | {m['peak_step_memory_MiB']:.0f} MiB | reported |")
+    print(f"| step time: PMF / SMAT / SMAT no teacher | {times['pmf']:.2f} s / {times['smat']:.2f} s / "
+          f"{times['smat_no_teacher']:.2f} s | reported |")
+    print(f"\nwritten to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
