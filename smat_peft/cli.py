@@ -185,38 +185,31 @@ def verify_export(adapter_dir: str, export_dir: str, base_model: Optional[str] =
 _TRAINING_HELP = "Every MetaTrainingArguments field is a flag; --config takes a YAML/JSON file of the same names."
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_training_parser(subparsers: Any, name: str, help: str, description: str, func: Callable) -> Any:
+    from .training import MetaTrainingArguments
+    from .training.cli_args import DataArguments, ModelArguments
+
+    parser = subparsers.add_parser(name, help=help, description=f"{description} {_TRAINING_HELP}",
+                                   dataclass_types=[ModelArguments, DataArguments, MetaTrainingArguments])
     parser.add_argument("--config", help="YAML or JSON file of arguments; flags on the command line override it.")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def add_meta_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     """`smat-peft meta-train`: meta-train SMAT (or the PMF baseline) over episodes from 🤗 datasets."""
-    from .training import MetaTrainingArguments
-    from .training.cli_args import DataArguments, ModelArguments
-
-    parser = subparsers.add_parser(
-        "meta-train", help="Meta-train a SMAT adapter (or PMF) on episodes from 🤗 datasets.",
-        description=f"Meta-train a SMAT adapter (or the PMF baseline). {_TRAINING_HELP}",
-        dataclass_types=[ModelArguments, DataArguments, MetaTrainingArguments],
+    return _add_training_parser(
+        subparsers, "meta-train", "Meta-train a SMAT adapter (or PMF) on episodes from 🤗 datasets.",
+        "Meta-train a SMAT adapter (or the PMF baseline).", run_meta_train,
     )
-    _add_training_arguments(parser)
-    parser.set_defaults(func=run_meta_train)
-    return parser
 
 
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     """`smat-peft evaluate`: meta-test a SMAT adapter, PMF or the pre-trained backbone on fixed episodes."""
-    from .training import MetaTrainingArguments
-    from .training.cli_args import DataArguments, ModelArguments
-
-    parser = subparsers.add_parser(
-        "evaluate", help="Meta-test on fixed episodes: accuracy ± 95%% CI per domain, ID and OOD averages.",
-        description=f"Meta-test a SMAT adapter, PMF or the pre-trained backbone. {_TRAINING_HELP}",
-        dataclass_types=[ModelArguments, DataArguments, MetaTrainingArguments],
+    return _add_training_parser(
+        subparsers, "evaluate", "Meta-test on fixed episodes: accuracy ± 95%% CI per domain, ID and OOD averages.",
+        "Meta-test a SMAT adapter, PMF or the pre-trained backbone.", run_evaluate,
     )
-    _add_training_arguments(parser)
-    parser.set_defaults(func=run_evaluate)
-    return parser
 
 
 def _training_dataclasses(args: argparse.Namespace):

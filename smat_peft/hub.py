@@ -257,29 +257,11 @@ def push_smat_to_hub(
             f"The active adapter {model.active_adapter!r} is not a SMAT adapter ({type(config).__name__}); "
             "use `model.push_to_hub` for other peft methods or `model.set_adapter(...)` to select a SMAT adapter."
         )
-    subfolder = subfolder.strip("/") if subfolder else None
-    revision = revision or None
-
-    api, repo_id = _prepare_repo(repo_id, private=private, revision=revision, token=token)
-
     with tempfile.TemporaryDirectory() as tmp_dir:
         model.save_pretrained(tmp_dir)  # also fills config.base_model_name_or_path when the base model has one
-        card = smat_model_card(
-            config,
-            eval_results=eval_results,
-            meta_training=meta_training,
-            repo_id=repo_id,
-            revision=revision,
-            subfolder=subfolder,
-        )
-        with open(os.path.join(tmp_dir, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp_dir,
-            path_in_repo=subfolder,
-            revision=revision,
-            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+        return push_smat_folder_to_hub(
+            tmp_dir, repo_id, private=private, revision=revision, subfolder=subfolder,
+            commit_message=commit_message, eval_results=eval_results, meta_training=meta_training, token=token,
         )
 
 

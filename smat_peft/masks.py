@@ -87,7 +87,7 @@ class HardConcrete:
     def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """`P(z ≠ 0) = σ(log α − β·log(−γ/ζ))`, the expected-L0 density of each element (differentiable)."""
         shift = self.beta * math.log(-self.gamma / self.zeta)
-        return torch.sigmoid(log_alpha.float() - shift).clamp(_EPS, 1.0 - _EPS)
+        return torch.sigmoid(log_alpha.float() - shift)
 
 
 class _HardConcreteMerge(torch.autograd.Function):

