@@ -136,7 +136,8 @@ def test_missing_npm_skips_emoji_with_what_to_install(cache, monkeypatch, capsys
     assert built == {}
     err = capsys.readouterr().err
     for name in ("emoji_google", "emoji_twitter"):
-        assert f"skipping domain {name!r}: npm not found: install Node.js/npm (Debian/Ubuntu: apt-get install npm)" in err
+        expected = f"skipping domain {name!r}: npm not found: install Node.js/npm (Debian/Ubuntu: apt-get install npm)"
+        assert expected in err
     assert "emoji-datasource-twitter@16.0.0" in err
     with pytest.raises(assets.SourceUnavailableError, match="npm not found") as info:
         assets.build_emoji_google(progress=False)
@@ -196,8 +197,9 @@ def test_source_tree_resolves_links():
     assert tree.resolve("t/48/apps/dangling.png") is None
 
 
-def make_tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
+def make_tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None,
+             tar_format: int = tarfile.PAX_FORMAT) -> Path:
+    with tarfile.open(path, "w:gz", format=tar_format) as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -214,6 +216,16 @@ def test_source_tree_reads_tar_zip_and_folders(tmp_path):
     tgz = make_tar(tmp_path / "p.tgz", {"./package/a.txt": b"a", "./package/b.bin": b"b"}, {"./package/c.txt": "a.txt"})
     tree = assets.SourceTree.from_archive(tgz, lambda p: p.endswith(".txt"))
     assert tree.files == {"package/a.txt": b"a"} and tree.resolve("package/c.txt") == "package/a.txt"
+    long_dir = "./usr/share/icons/" + "a-very-long-folder-name/" * 6
+    for tar_format in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT):
+        files = {long_dir + "icon.png": b"png", "./usr/share/é.txt": b"utf8" * 300}
+        links = {long_dir + "alias.png": "icon.png"}
+        if tar_format == tarfile.USTAR_FORMAT:  # no long names, no non-ASCII names in plain ustar
+            files, links = {"./short/icon.png": b"png", "./big.bin": bytes(70000)}, {"./short/alias.png": "icon.png"}
+        archive = make_tar(tmp_path / f"f{tar_format}.tgz", files, links, tar_format)
+        tree = assets.SourceTree.from_archive(archive)
+        assert tree.files == {k[2:]: v for k, v in files.items()}, tar_format
+        assert tree.links == {k[2:]: v for k, v in links.items()}, tar_format
     with zipfile.ZipFile(tmp_path / "w.whl", "w") as zf:
         zf.writestr("pkg/data/x.gz", b"x")
         zf.writestr("pkg/__init__.py", b"")
@@ -431,7 +443,7 @@ def test_glyph_rows_from_a_real_font():
 # ---- cards and icons (SVG through librsvg) -------------------------------------------------------------------
 
 
-def svg_deck(style: str, skip: str | None = None) -> bytes:
+def svg_deck(style: str, skip: str | None = None, ink: str = "black") -> bytes:
     groups = []
     for i, suit in enumerate(assets.SUITS):
         for j, rank in enumerate(assets.RANKS):
@@ -440,7 +452,7 @@ def svg_deck(style: str, skip: str | None = None) -> bytes:
                 continue
             x, y = j * 30, i * 45
             groups.append(
-                f'<g id="{card}"><rect x="{x}" y="{y}" width="25" height="40" fill="white" stroke="black"/>'
+                f'<g id="{card}"><rect x="{x}" y="{y}" width="25" height="40" fill="white" stroke="{ink}"/>'
                 f'<rect x="{x + 3}" y="{y + 3 + j * 2}" width="{3 + i * 4}" height="5" fill="#{40 * i:02x}0000"/></g>'
             )
     body = "".join(groups)
@@ -451,7 +463,7 @@ def svg_deck(style: str, skip: str | None = None) -> bytes:
 def test_card_rows_from_fake_decks():
     tree = assets.SourceTree(files={
         "usr/share/aisleriot/cards/toy.svgz": svg_deck("suit_rank"),
-        "usr/share/carddecks/svg-kde/kde.svgz": svg_deck("rank_suit"),
+        "usr/share/carddecks/svg-kde/kde.svgz": svg_deck("rank_suit", ink="blue"),
         "usr/share/aisleriot/cards/incomplete.svgz": svg_deck("suit_rank", skip="heart_queen"),
         "usr/share/aisleriot/cards/anglo_bitmap.svgz": svg_deck("suit_rank"),  # excluded near-duplicate
     })

@@ -308,3 +308,13 @@ def test_clip_mask_logits():
         layer.smat_log_alpha["default"][0].fill_(7.0)
     model.base_model.clip_mask_logits_()
     assert layer.smat_log_alpha["default"][0].max().item() == pytest.approx(2.0)
+
+
+def test_unload_returns_the_untouched_base_model(support):
+    x, y, q = support
+    model = smat(init_weights=False)
+    base = make_tiny_model("vit_cls")(pixel_values=q).logits
+    plain = model.unload()
+    assert type(plain).__name__ == "ViTForImageClassification"
+    assert not any(isinstance(m, SmatLayer) for m in plain.modules())
+    assert torch.allclose(plain(pixel_values=q).logits, base, atol=1e-6)
