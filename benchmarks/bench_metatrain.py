@@ -100,13 +100,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_metatrain.json"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[56, 112], help="image sizes to time (px)")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
         print(json.dumps(memory_worker(args.memory_worker)))
         return
     repeats = 2 if args.quick else 4
-    times = {size: step_times(repeats, size) for size in (56, 112)}
+    times = {size: step_times(repeats, size) for size in args.sizes}
     results = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
         "step_time_s": times,
