@@ -151,7 +151,7 @@ def main() -> None:
         json.dump(results, f, indent=2)
 
     f = results["forward"]
-    print(f"\n| measure | ratio | target |\n|---|---|---|")
+    print("\n| measure | ratio | target |\n|---|---|---|")
     print(f"| (a) merged forward / plain forward (batch {f['batch']}, 224 px) | {f['merged_over_plain']:.3f} | ≤ 1.02 |")
     print(f"| (b) conditioned forward / plain forward (batch {f['batch']}, 224 px) | {f['conditioned_over_plain']:.3f} | ≤ 1.25 |")
     for s in results["setup"]:

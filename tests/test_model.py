@@ -4,7 +4,6 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from conftest import main_output
 from smat_peft import SmatConfig, SmatModel, get_smat_model
 from smat_peft.layer import SmatLayer
 from tiny_models import make_tiny_model, random_pixels

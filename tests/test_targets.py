@@ -6,7 +6,7 @@ from conftest import main_output
 from smat_peft import SmatConfig, get_smat_model
 from smat_peft.layer import SmatLayer
 from smat_peft.targets import DEFAULT_TARGET_MODULES
-from tiny_models import ARCHITECTURES, make_tiny_model, random_pixels
+from tiny_models import ARCHITECTURES, make_tiny_model
 
 
 def layer_names(model):

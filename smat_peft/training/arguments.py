@@ -20,7 +20,6 @@ Defaults follow the paper's ViT-S setting (see `docs/training.md`); where the re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass

@@ -25,11 +25,9 @@ checkpoint, or split over processes, sees exactly the same episodes and noise.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from typing import Any, Mapping, Optional, Union
 
 import torch
@@ -40,7 +38,6 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from ..model import SmatModel
-from ..targets import default_features
 from .arguments import MetaTrainingArguments
 from .episodes import EpisodeSampler
 from .evaluation import evaluate_episodes, summarize
