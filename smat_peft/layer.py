@@ -136,11 +136,10 @@ class SmatLayer(BaseTunerLayer):
                 for log_alpha in logits:
                     log_alpha.clamp_(-clip, clip)
 
-    def _eval_mask(self, adapter: str, index: int) -> tuple[torch.Tensor, bool, torch.Tensor]:
+    def _eval_mask(self, adapter: str, index: int) -> tuple[torch.Tensor, bool]:
         """Deterministic masks of one parameter, cached until `log α` changes.
 
-        Returns `(masks, packed, nonzero)`: packed int32 codes if every mask is binary (else dense `[M, ...]`
-        masks), and the number of non-zero elements of each expert's mask over the whole parameter.
+        Returns `(masks, packed)`: packed int32 codes if every mask is binary, else the dense `[M, ...]` masks.
         """
         log_alpha = self.smat_log_alpha[adapter][index]
         key = (log_alpha._version, log_alpha.data_ptr(), log_alpha.dtype, log_alpha.device)
@@ -149,12 +148,10 @@ class SmatLayer(BaseTunerLayer):
             return cached[1:]
         with torch.no_grad():
             masks = hard_concrete(self.smat_config[adapter]).eval_mask(log_alpha)
-            repeat = self.base_params[index].numel() // masks[0].numel()
-            nonzero = (masks > 0).flatten(1).sum(1).float() * repeat
             packed = masks.shape[0] <= MAX_PACKED_EXPERTS and bool(((masks == 0) | (masks == 1)).all())
             value = pack_binary(masks) if packed else masks
-        self._eval_masks[(adapter, index)] = (key, value, packed, nonzero)
-        return value, packed, nonzero
+        self._eval_masks[(adapter, index)] = (key, value, packed)
+        return value, packed
 
     def merged_masks(self, adapter: str, weights: torch.Tensor) -> list[torch.Tensor]:
         """`Σ_m α_m z_m` for every adapted parameter: sampled hard-concrete masks in training, eval masks otherwise."""
@@ -164,7 +161,7 @@ class SmatLayer(BaseTunerLayer):
             if self.training:
                 merged.append(hard_concrete(config).sample_merged(self.smat_log_alpha[adapter][index], weights))
             else:
-                value, packed, _ = self._eval_mask(adapter, index)
+                value, packed = self._eval_mask(adapter, index)
                 merged.append(merge_packed(value, weights.float()) if packed else merge_dense(value, weights))
         return merged
 

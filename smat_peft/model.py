@@ -142,10 +142,6 @@ class SmatModel(BaseTuner):
             raise TypeError(f"Target module {target} has no parameters; SMAT adapts modules that own parameters.")
         return SmatModule(target, adapter_name, config, use_lora=use_lora)
 
-    def _replace_module(self, parent, child_name, new_module, child) -> None:
-        setattr(parent, child_name, new_module)
-        # the base layer keeps its device; the adapter was created on it in `update_layer`
-
     def inject_adapter(
         self,
         model: nn.Module,
@@ -484,13 +480,10 @@ class SmatModel(BaseTuner):
         differentiable w.r.t. the mask logits. The meta-trainer's sparsity constraint uses both.
         """
         adapter_name = adapter_name or self.active_adapters[0]
-        total, nonzero, expected = 0, 0, 0
-        for _, layer in self.smat_layers():
-            if adapter_name in layer.smat_delta:
-                total += layer.num_masked_elements
-                nonzero = nonzero + layer.eval_mask_nonzero(adapter_name)
-                expected = expected + layer.expected_nonzero(adapter_name)
-        return 1.0 - nonzero / total, expected / total
+        layers = [layer for _, layer in self.smat_layers() if adapter_name in layer.smat_delta]
+        total = sum(layer.num_masked_elements for layer in layers)
+        expected = sum(layer.expected_nonzero(adapter_name) for layer in layers) / total
+        return self.measured_sparsity(adapter_name), expected
 
     def measured_sparsity(self, adapter_name: Optional[str] = None) -> torch.Tensor:
         """Fraction of zeros of each expert's eval mask over all adapted parameters `[M]` (cheap, no gradient)."""

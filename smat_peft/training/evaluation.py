@@ -156,9 +156,7 @@ def evaluate_episodes(
     device = next(model.parameters()).device
     scores: dict[str, dict[str, list[float]]] = {}
     for index in tqdm(range(len(sampler)), desc=description, disable=disable_tqdm):
-        episode = sampler[index]
-        for name in ("support_pixel_values", "support_labels", "query_pixel_values", "query_labels"):
-            setattr(episode, name, getattr(episode, name).to(device))
+        episode = sampler[index].to(device)
         domain_scores = scores.setdefault(episode.domain, {m: [] for m in modes})
         for mode in modes:
             if mode == "direct":

@@ -140,12 +140,6 @@ class SmatMetaTrainer:
                             num_workers=self.args.dataloader_num_workers, collate_fn=lambda episode: episode)
         return iter(loader)
 
-    def _to_device(self, episode):
-        device = self.accelerator.device
-        for name in ("support_pixel_values", "support_labels", "query_pixel_values", "query_labels"):
-            setattr(episode, name, getattr(episode, name).to(device))
-        return episode
-
     # ------------------------------------------------------------------------------------------------------------
     # optimisation
     def _build_optimizers(self) -> None:
@@ -274,7 +268,7 @@ class SmatMetaTrainer:
         start_time = time.perf_counter()
         while self.global_step < args.max_steps:
             wait = time.perf_counter()
-            batch = [self._to_device(next(episodes)) for _ in range(args.tasks_per_update)]
+            batch = [next(episodes).to(self.accelerator.device) for _ in range(args.tasks_per_update)]
             data_time = time.perf_counter() - wait
             task_logs = self.training_step(batch)
             window += [{**logs, "data_time_s": data_time / len(batch)} for logs in task_logs]
