@@ -28,7 +28,8 @@ def check_pixel_values(model: nn.Module, pixel_values: torch.Tensor, name: str) 
     if pixel_values.ndim == 0 or pixel_values.shape[0] == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(pixel_values.shape)}): pass at least one image per class.")
     channels = getattr(getattr(model, "config", None), "num_channels", None)
-    if channels is not None:
+    # a model whose patch embedding was replaced (the demo's cached frozen prefix) takes hidden states, not pixels
+    if channels is not None and not getattr(model, "takes_hidden_states", False):
         if pixel_values.ndim != 4:
             raise ValueError(f"`{name}` must have shape [N, C, H, W], got shape {tuple(pixel_values.shape)}.")
         if pixel_values.shape[1] != channels:

@@ -77,6 +77,7 @@ class MetaTrainingArguments:
     router_weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay of the router."})
     router_grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip over the router."})
     dense_lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate of the whole backbone (PMF baseline)."})
+    dense_weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the backbone (PMF baseline)."})
     lr_schedule: str = field(default="cosine", metadata={"help": "'cosine' (after warm-up) or 'constant'."})
 
     # ---- the SMAT objective
@@ -133,6 +134,10 @@ class MetaTrainingArguments:
     lora_alpha: int = field(default=32, metadata={"help": "Alpha of the LoRA fine-tuning mode."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout of the LoRA fine-tuning mode."})
     lora_lr_multiplier: float = field(default=10.0, metadata={"help": "LoRA fine-tunes at this times the searched lr."})
+    load_best_model_at_end: bool = field(
+        default=False,
+        metadata={"help": "After training, load the weights with the best validation accuracy (needs `eval_steps`)."},
+    )
     save_steps: int = field(default=500, metadata={"help": "Checkpoint every N updates; 0: only at the end."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted first)."})
     logging_steps: int = field(default=10, metadata={"help": "Log metrics every N updates."})

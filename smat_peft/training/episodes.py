@@ -763,6 +763,16 @@ class EpisodeSampler(torch.utils.data.Dataset):
     def _domain(self, name: str) -> _Domain:
         return self._domains[self.domains.index(name)]
 
+    def pixel_values(self, domain: str, rows: Sequence[int]) -> torch.Tensor:
+        """The processed, un-augmented images `[len(rows), 3, H, W]` of dataset rows of one of the sampler's domains."""
+        if domain not in self.domains:
+            raise KeyError(f"Unknown domain {domain!r}; the sampler has {self.domains}.")
+        augment, self.augment = self.augment, False
+        try:
+            return self._load_pixels(self._domain(domain), [int(r) for r in rows], None)
+        finally:
+            self.augment = augment
+
     def _load_pixels(self, domain: _Domain, rows: list[int], rng: np.random.Generator) -> torch.Tensor:
         """Decode exactly `rows` of the domain and turn them into a `[len(rows), 3, H, W]` float32 batch."""
         batch = domain.source[rows]

@@ -111,15 +111,50 @@ def finetuned_accuracy(model: nn.Module, episode, args: MetaTrainingArguments, i
     ways = int(ys.max()) + 1
     with torch.enable_grad():
         for _ in range(args.finetune_steps):
-            prototypes = class_prototypes(default_features(task_model, xs), ys, ways)
-            inputs = augment(xs, generator) if args.finetune_augment else xs
-            loss = F.cross_entropy(cosine_logits(default_features(task_model, inputs), prototypes, args.protonet_scale), ys)
+            support = default_features(task_model, xs)
+            prototypes = class_prototypes(support, ys, ways)
+            if args.finetune_augment:
+                support = default_features(task_model, augment(xs, generator))
+            loss = F.cross_entropy(cosine_logits(support, prototypes, args.protonet_scale), ys)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     task_model.eval()
     with torch.no_grad():
         return _protonet_accuracy(task_model, episode, args.protonet_scale)
+
+
+@torch.no_grad()
+def frozen_direct_scores(model: nn.Module, sampler, args: MetaTrainingArguments, batch_size: int = 128,
+                         disable_tqdm: bool = True) -> dict[str, list[float]]:
+    """Direct ProtoNet accuracy per episode, by domain, for a model whose weights do not depend on the task.
+
+    Every image of the sampler's (un-augmented) episodes is embedded once, then each episode is a lookup: the same
+    numbers as `direct_accuracy` per episode, many times faster when episodes share images.
+    """
+    device = next(model.parameters()).device
+    plans = [sampler.plan(i) for i in range(len(sampler))]
+    rows_by_domain: dict[str, list[int]] = {}
+    for plan in plans:
+        rows_by_domain.setdefault(plan.domain, []).extend(r for part in (plan.support_rows, plan.query_rows)
+                                                          for rows in part for r in rows)
+    features: dict[str, dict[int, torch.Tensor]] = {}
+    for domain, rows in rows_by_domain.items():
+        unique = sorted(set(rows))
+        chunks = [default_features(model, sampler.pixel_values(domain, unique[i:i + batch_size]).to(device))
+                  for i in tqdm(range(0, len(unique), batch_size), desc=f"embedding {domain}", disable=disable_tqdm)]
+        features[domain] = dict(zip(unique, torch.cat(chunks).float()))
+    scores: dict[str, list[float]] = {}
+    for plan in plans:
+        table = features[plan.domain]
+        support = torch.stack([table[r] for rows in plan.support_rows for r in rows])
+        query = torch.stack([table[r] for rows in plan.query_rows for r in rows])
+        labels = [torch.tensor([k for k, rows in enumerate(part) for _ in rows], device=support.device)
+                  for part in (plan.support_rows, plan.query_rows)]
+        prototypes = class_prototypes(support, labels[0], plan.ways)
+        logits = cosine_logits(query, prototypes, args.protonet_scale)
+        scores.setdefault(plan.domain, []).append((logits.argmax(-1) == labels[1]).float().mean().item())
+    return scores
 
 
 def search_learning_rate(model, sampler, args, is_smat: bool, mode: str) -> tuple[float, dict[float, float]]:
@@ -139,36 +174,52 @@ def evaluate_episodes(
     search_sampler=None,
     disable_tqdm: bool = False,
     description: str = "meta-test",
+    learning_rates: Optional[dict[str, float]] = None,
 ) -> dict[str, dict[str, Any]]:
-    """Accuracy (mean ± 95% CI, percent) per domain and mode over the sampler's fixed episodes."""
+    """Accuracy (mean ± 95% CI, percent) per domain and mode over the sampler's fixed episodes.
+
+    Fine-tuning modes use `learning_rates[mode]` when given, else search `finetune_lr_grid` on `search_sampler`.
+    A model that is not SMAT has the same weights for every task, so its `direct` mode embeds each image once
+    ([`frozen_direct_scores`]) unless the sampler augments.
+    """
     if is_smat is None:
         is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
     was_training = model.training
     model.eval()
     modes = tuple(modes)
-    learning_rates: dict[str, float] = {}
+    learning_rates = dict(learning_rates or {})
     searches: dict[str, dict[float, float]] = {}
     for mode in modes:
-        if mode in ("full", "lora"):
+        if mode in ("full", "lora") and mode not in learning_rates:
             if search_sampler is None:
                 raise ValueError(f"Mode {mode!r} needs validation episodes to pick its learning rate.")
             learning_rates[mode], searches[mode] = search_learning_rate(model, search_sampler, args, is_smat, mode)
     device = next(model.parameters()).device
     scores: dict[str, dict[str, list[float]]] = {}
-    for index in tqdm(range(len(sampler)), desc=description, disable=disable_tqdm):
-        episode = sampler[index].to(device)
-        domain_scores = scores.setdefault(episode.domain, {m: [] for m in modes})
-        for mode in modes:
-            if mode == "direct":
-                domain_scores[mode].append(direct_accuracy(model, episode, args, is_smat))
-            else:
-                domain_scores[mode].append(finetuned_accuracy(model, episode, args, is_smat, mode, learning_rates[mode]))
+    per_episode = list(modes)
+    if "direct" in modes and not is_smat and not sampler.augment:
+        per_episode.remove("direct")
+        for domain, values in frozen_direct_scores(model, sampler, args, disable_tqdm=disable_tqdm).items():
+            scores.setdefault(domain, {m: [] for m in modes})["direct"] = values
+    if per_episode:
+        for index in tqdm(range(len(sampler)), desc=description, disable=disable_tqdm):
+            episode = sampler[index].to(device)
+            domain_scores = scores.setdefault(episode.domain, {m: [] for m in modes})
+            for mode in per_episode:
+                if mode == "direct":
+                    accuracy = direct_accuracy(model, episode, args, is_smat)
+                else:
+                    accuracy = finetuned_accuracy(model, episode, args, is_smat, mode, learning_rates[mode])
+                domain_scores[mode].append(accuracy)
     model.train(was_training)
     results = {}
     for domain, per_mode in scores.items():
         results[domain] = {mode: mean_ci95(values) for mode, values in per_mode.items()}
         for mode, lr in learning_rates.items():
-            results[domain][mode].update(lr=lr, lr_search={str(k): v for k, v in searches[mode].items()})
+            if mode in results[domain]:
+                results[domain][mode]["lr"] = lr
+                if mode in searches:
+                    results[domain][mode]["lr_search"] = {str(k): v for k, v in searches[mode].items()}
     return results
 
 

@@ -74,6 +74,9 @@ class SmatMetaTrainer:
     ```
     """
 
+    # What makes episodes; a subclass may read them from elsewhere (the demo reads cached backbone activations).
+    sampler_class = EpisodeSampler
+
     def __init__(
         self,
         model: nn.Module,
@@ -117,7 +120,7 @@ class SmatMetaTrainer:
     def _sampler(self, datasets: Mapping[str, Any], split: str, num_episodes: int, seed: Optional[int] = None,
                  augment: Optional[bool] = None) -> EpisodeSampler:
         args = self.args
-        return EpisodeSampler(
+        return self.sampler_class(
             datasets, split=split, ways=args.ways, shots=args.shots, queries=args.queries,
             variable=args.variable_ways_shots, max_ways=args.max_ways, max_support=args.max_support,
             num_episodes=num_episodes, seed=args.seed if seed is None else seed, split_seed=args.split_seed,
@@ -163,7 +166,7 @@ class SmatMetaTrainer:
             self.clip_groups = {"mask": (masks, args.mask_grad_clip), "router": (adamw, args.router_grad_clip)}
         else:
             params = [p for p in self.model.parameters() if p.requires_grad]
-            self.optimizers["dense"] = torch.optim.AdamW(params, lr=args.dense_lr)
+            self.optimizers["dense"] = torch.optim.AdamW(params, lr=args.dense_lr, weight_decay=args.dense_weight_decay)
         make = get_cosine_schedule_with_warmup if args.lr_schedule == "cosine" else get_constant_schedule_with_warmup
         self.schedulers = {}
         for name, optimizer in self.optimizers.items():
@@ -287,6 +290,8 @@ class SmatMetaTrainer:
         progress.close()
         if args.eval_steps and self.best_metric is None:
             self._validate()
+        if args.load_best_model_at_end and self.best_metric is not None:
+            self._load_weights(os.path.join(args.output_dir, "best"))
         self.accelerator.end_training()
         self._write_metrics()
         return self.history[-1] if self.history else {}
@@ -362,6 +367,20 @@ class SmatMetaTrainer:
             torch.save(self.model.state_dict(), os.path.join(tmp, "model_state.pt"))
         _replace_directory(tmp, directory)
 
+    def _load_weights(self, directory: str) -> None:
+        """Load what `_save_adapter` wrote into the model being trained."""
+        if self.is_smat:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            weights = load_file(os.path.join(directory, "adapter_model.safetensors"))
+            result = set_peft_model_state_dict(self.model, weights, adapter_name=self.adapter_name)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"unexpected keys {result.unexpected_keys[:5]}")
+        else:
+            state = torch.load(os.path.join(directory, "model_state.pt"), map_location=self.accelerator.device)
+            self.model.load_state_dict(state)
+
     def _latest_checkpoint(self) -> Optional[str]:
         path = os.path.join(self.args.output_dir, LATEST_NAME)
         if not os.path.exists(path):
@@ -414,16 +433,7 @@ class SmatMetaTrainer:
         adapter_dir = os.path.join(checkpoint, "adapter")
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=False)
-            if self.is_smat:
-                from peft import set_peft_model_state_dict
-                from safetensors.torch import load_file
-
-                weights = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
-                result = set_peft_model_state_dict(self.model, weights, adapter_name=self.adapter_name)
-                if getattr(result, "unexpected_keys", None):
-                    raise ValueError(f"unexpected keys {result.unexpected_keys[:5]}")
-            else:
-                self.model.load_state_dict(torch.load(os.path.join(adapter_dir, "model_state.pt"), map_location="cpu"))
+            self._load_weights(adapter_dir)
         except Exception as error:  # report, never silently start over
             raise RuntimeError(
                 f"Cannot resume from checkpoint {checkpoint!r}: it is incomplete or corrupt ({type(error).__name__}: "

@@ -1,0 +1,132 @@
+# Copyright 2026-present the smat-peft authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""PNG plots of a demo run, from its `results.json` alone (so they can be redrawn without rerunning).
+
+Example:
+
+```py
+>>> import json
+>>> from smat_peft.demo.plots import plot_all
+>>> plot_all(json.load(open("smat-demo/results.json")), "smat-demo")  # doctest: +SKIP
+['smat-demo/sparsity.png', 'smat-demo/expert_weights.png', 'smat-demo/accuracy.png']
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+COLORS = {"pretrained": "#9e9e9e", "pmf": "#1f77b4", "random_mask": "#ff7f0e", "smat": "#2ca02c"}
+
+
+def plot_sparsity(report: dict[str, Any], path: Union[str, Path]) -> str:
+    """Learned sparsity per block and per module type (mean over experts, bars from the min to the max expert)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, key, label in ((axes[0], "per_block", "block"), (axes[1], "per_module_type", "module type")):
+        names = list(report[key])
+        values = [report[key][n]["measured_sparsity"] for n in names]
+        means = [sum(v) / len(v) for v in values]
+        low = [m - min(v) for m, v in zip(means, values)]
+        high = [max(v) - m for m, v in zip(means, values)]
+        ax.bar(range(len(names)), means, yerr=[low, high], color="#2ca02c", capsize=3)
+        ax.axhline(report["target"], color="k", linestyle="--", linewidth=1, label=f"target τ = {report['target']}")
+        ax.set_xticks(range(len(names)), names, rotation=30 if key == "per_module_type" else 0)
+        ax.set_xlabel(label)
+        lowest = min(min(v) for v in values)
+        ax.set_ylim(max(0.0, min(lowest, report["target"]) - 0.1), 1.0)
+    axes[0].set_ylabel("fraction of zeros in the expert masks")
+    axes[0].legend(loc="lower left")
+    fig.suptitle("Learned SMAT sparsity (bars: min–max over experts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_expert_weights(weights: dict[str, list[float]], train_domains: list[str], path: Union[str, Path]) -> str:
+    """Heat map of the mean router weights α per domain (rows) and expert (columns)."""
+    domains = list(weights)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(weights[domains[0]]), 0.9 + 0.45 * len(domains)))
+    image = ax.imshow([weights[d] for d in domains], cmap="viridis", aspect="auto", vmin=0.0)
+    ax.set_yticks(range(len(domains)), [f"{d} ({'ID' if d in train_domains else 'OOD'})" for d in domains])
+    ax.set_xticks(range(len(weights[domains[0]])), [f"{m}" for m in range(len(weights[domains[0]]))])
+    ax.set_xlabel("expert")
+    fig.colorbar(image, ax=ax, label="mean α")
+    ax.set_title("Expert weights α per domain (5-way 5-shot test tasks)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_accuracy(results: dict[str, Any], path: Union[str, Path], mode: str = "direct") -> str:
+    """Accuracy per domain with 95% CIs, one panel per setting, one bar per model."""
+    settings = list(results["settings"])
+    models = [m for m in results["models"] if mode in results["models"][m]]
+    fig, axes = plt.subplots(len(settings), 1, figsize=(11, 2.8 * len(settings)), squeeze=False)
+    width = 0.8 / len(models)
+    for ax, setting in zip(axes[:, 0], settings):
+        domains = list(results["models"][models[0]][mode][setting])
+        for k, model in enumerate(models):
+            entries = [results["models"][model][mode][setting][d] for d in domains]
+            ax.bar([i + (k - (len(models) - 1) / 2) * width for i in range(len(domains))],
+                   [e["mean"] for e in entries], width, yerr=[e["ci95"] for e in entries], capsize=2,
+                   color=COLORS.get(model), label=model)
+        ax.set_xticks(range(len(domains)),
+                      [f"{d}\n({'ID' if d in results['train_domains'] else 'OOD'})" for d in domains], fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{setting}, {mode}")
+    axes[0, 0].legend(ncol=len(models), fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_sweep(results: dict[str, Any], path: Union[str, Path]) -> str:
+    """ID and OOD average accuracy against the sparsity target τ, per setting, with the pre-trained level."""
+    taus = sorted(results["sweep"], key=float)
+    settings = list(results["sweep"][taus[0]]["summary"])
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for key, color in (("id", "#1f77b4"), ("ood", "#d62728")):
+            ax.plot([float(t) for t in taus], [results["sweep"][t]["summary"][setting][key] for t in taus], "o-",
+                    color=color, label=f"SMAT {key.upper()}")
+            ax.axhline(results["pretrained"][setting][key], color=color, linestyle=":", linewidth=1,
+                       label=f"pre-trained {key.upper()}")
+        ax.set_xlabel("sparsity target τ")
+        ax.set_title(setting)
+    axes[0, 0].set_ylabel("average accuracy (%)")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_all(results: dict[str, Any], out: Union[str, Path]) -> list[str]:
+    """The three plots of a benchmark run, written into `out`; returns their paths."""
+    out = Path(out)
+    return [
+        plot_sparsity(results["sparsity"], out / "sparsity.png"),
+        plot_expert_weights(results["expert_weights"], results["train_domains"], out / "expert_weights.png"),
+        plot_accuracy(results, out / "accuracy.png"),
+    ]
