@@ -267,7 +267,7 @@ def check_adapter(pretrained_model_name_or_path: str, subfolder: Optional[str] =
     failure.
 
     Raises:
-        `AdapterIntegrityError` (or its subclass `AdapterFileNotFoundError`) naming the file and the problem.
+        AdapterIntegrityError: (or its subclass `AdapterFileNotFoundError`) naming the file and the problem.
 
     Example:
 

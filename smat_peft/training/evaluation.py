@@ -126,11 +126,12 @@ def finetuned_accuracy(model: nn.Module, episode, args: MetaTrainingArguments, i
 
 @torch.no_grad()
 def frozen_direct_scores(model: nn.Module, sampler, args: MetaTrainingArguments, batch_size: int = 128,
-                         disable_tqdm: bool = True) -> dict[str, list[float]]:
+                         disable_tqdm: bool = True, cache: Optional[dict] = None) -> dict[str, list[float]]:
     """Direct ProtoNet accuracy per episode, by domain, for a model whose weights do not depend on the task.
 
     Every image of the sampler's (un-augmented) episodes is embedded once, then each episode is a lookup: the same
-    numbers as `direct_accuracy` per episode, many times faster when episodes share images.
+    numbers as `direct_accuracy` per episode, many times faster when episodes share images. Pass the same `cache`
+    dict to samplers over the same datasets (e.g. several settings) to embed each image once across them.
     """
     device = next(model.parameters()).device
     plans = [sampler.plan(i) for i in range(len(sampler))]
@@ -138,12 +139,13 @@ def frozen_direct_scores(model: nn.Module, sampler, args: MetaTrainingArguments,
     for plan in plans:
         rows_by_domain.setdefault(plan.domain, []).extend(r for part in (plan.support_rows, plan.query_rows)
                                                           for rows in part for r in rows)
-    features: dict[str, dict[int, torch.Tensor]] = {}
+    features: dict[str, dict[int, torch.Tensor]] = {} if cache is None else cache
     for domain, rows in rows_by_domain.items():
-        unique = sorted(set(rows))
-        chunks = [default_features(model, sampler.pixel_values(domain, unique[i:i + batch_size]).to(device))
-                  for i in tqdm(range(0, len(unique), batch_size), desc=f"embedding {domain}", disable=disable_tqdm)]
-        features[domain] = dict(zip(unique, torch.cat(chunks).float()))
+        table = features.setdefault(domain, {})
+        unique = sorted(set(rows) - set(table))
+        for i in tqdm(range(0, len(unique), batch_size), desc=f"embedding {domain}", disable=disable_tqdm):
+            chunk = unique[i:i + batch_size]
+            table.update(zip(chunk, default_features(model, sampler.pixel_values(domain, chunk).to(device)).float()))
     scores: dict[str, list[float]] = {}
     for plan in plans:
         table = features[plan.domain]

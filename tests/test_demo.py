@@ -1,0 +1,244 @@
+# Copyright 2026-present the smat-peft authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`smat-peft demo`: frozen-prefix cache, random-mask control, fast frozen evaluation, plots, arguments; and the
+real `--quick` run on the offline assets (builds them once if the cache is empty)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from smat_peft import EpisodeSampler, MetaTrainingArguments, SmatConfig, get_smat_model
+from smat_peft.demo import benchmark, plots
+from smat_peft.demo.control import fix_random_sparse_delta_
+from smat_peft.demo.prefix import (
+    CachedEpisodeSampler,
+    cached_prefix_activations,
+    prefix_activations,
+    skip_frozen_prefix,
+)
+from smat_peft.training.evaluation import direct_accuracy, frozen_direct_scores
+from smat_peft.training.objective import protonet_task_loss
+
+from tiny_data import synthetic_domain
+from tiny_models import IMAGE_SIZE, make_tiny_model, random_pixels
+
+
+def _tiny_dinov2(layers: int = 3):
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, mlp_ratio=2,
+                                       image_size=IMAGE_SIZE, patch_size=8)
+    return transformers.Dinov2Model(config).eval()
+
+
+def test_skipped_prefix_reproduces_the_full_model():
+    model = _tiny_dinov2()
+    pixels = random_pixels(4)
+    with torch.no_grad():
+        full = model(pixel_values=pixels).pooler_output
+        hidden = prefix_activations(model, pixels, frozen_layers=2)
+    skip_frozen_prefix(model, frozen_layers=2)
+    with torch.no_grad():
+        assert torch.allclose(model(pixel_values=hidden).pooler_output, full, atol=1e-5)
+    assert sum(p.numel() for p in model.embeddings.parameters()) == 0
+
+
+def test_adapter_trained_on_skipped_prefix_loads_onto_full_model(tmp_path):
+    skipped = skip_frozen_prefix(_tiny_dinov2(), frozen_layers=2)
+    config = SmatConfig(num_experts=2, sparsity=0.5, layers_to_transform=[2], layers_pattern="layer",
+                        init_weights=False)
+    model = get_smat_model(skipped, config)
+    model.save_pretrained(tmp_path)
+    full = PeftModel.from_pretrained(_tiny_dinov2(), tmp_path)
+    pixels, labels = random_pixels(4), torch.tensor([0, 0, 1, 1])
+    hidden = prefix_activations(_tiny_dinov2(), pixels, frozen_layers=2)
+    model.eval()
+    with torch.no_grad():
+        with model.base_model.task(hidden, labels):
+            expected = model(pixel_values=hidden).pooler_output
+        with full.base_model.task(pixels, labels):
+            actual = full(pixel_values=pixels).pooler_output
+    assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_frozen_layers_out_of_range():
+    with pytest.raises(ValueError, match="frozen_layers"):
+        skip_frozen_prefix(_tiny_dinov2(layers=2), frozen_layers=2)
+    with pytest.raises(TypeError, match="embeddings"):
+        skip_frozen_prefix(torch.nn.Linear(2, 2), frozen_layers=0)
+
+
+def test_cached_activations_and_sampler(tmp_path):
+    model = _tiny_dinov2()
+    domain = synthetic_domain(num_classes=6, per_class=4, size=IMAGE_SIZE)
+    kwargs = dict(backbone_dir=str(tmp_path), cache=tmp_path / "acts", image_size=IMAGE_SIZE, frozen_layers=1,
+                  progress=False)
+    activations = cached_prefix_activations(model, {"toy": domain}, **kwargs)
+    assert activations["toy"].shape[0] == len(domain)
+    files = list((tmp_path / "acts").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".safetensors"
+    again = cached_prefix_activations(None, {"toy": domain}, **kwargs)  # read back: the model is not needed
+    assert torch.equal(again["toy"], activations["toy"])
+
+    sampler_class = CachedEpisodeSampler.with_activations(activations)
+    sampler = sampler_class({"toy": domain}, ways=2, shots=1, queries=1, num_episodes=2, image_size=IMAGE_SIZE,
+                            split_fractions=(1, 0, 0))
+    plan, episode = sampler.plan(0), sampler[0]
+    rows = [r for part in (plan.support_rows, plan.query_rows) for rs in part for r in rs]
+    assert torch.equal(torch.cat([episode.support_pixel_values, episode.query_pixel_values]),
+                       activations["toy"][rows].float())
+    with pytest.raises(ValueError, match="augment"):
+        sampler_class({"toy": domain}, ways=2, shots=1, queries=1, augment=True, split_fractions=(1, 0, 0))
+    with pytest.raises(ValueError, match="with_activations"):
+        CachedEpisodeSampler({"toy": domain}, ways=2, shots=1, queries=1, split_fractions=(1, 0, 0))
+
+
+def test_random_mask_control_moves_only_masked_weights():
+    model = make_tiny_model("dinov2").train()
+    names = benchmark.adapted_module_names(model, frozen_layers=1)
+    assert names and all(".1." in n for n in names)
+    before = copy.deepcopy(model.state_dict())
+    masks = fix_random_sparse_delta_(model, names, sparsity=0.8, seed=0)
+    density = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert 0.15 < density < 0.25
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    domain = synthetic_domain(num_classes=6, per_class=4, size=IMAGE_SIZE)
+    sampler = EpisodeSampler(domain, ways=3, shots=2, queries=2, image_size=IMAGE_SIZE, split_fractions=(1, 0, 0))
+    args = MetaTrainingArguments(image_size=IMAGE_SIZE)
+    for i in range(3):
+        protonet_task_loss(model, sampler[i], args).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.state_dict()
+    for name, value in after.items():
+        changed = value != before[name]
+        if name in masks:
+            assert changed.any() and not changed[masks[name] == 0].any()
+        else:
+            assert not changed.any(), name
+    with pytest.raises(ValueError, match="sparsity"):
+        fix_random_sparse_delta_(model, names, sparsity=1.0)
+
+
+def test_frozen_direct_scores_match_per_episode_accuracy():
+    model = make_tiny_model("vit")
+    domain = synthetic_domain(num_classes=6, per_class=5, size=IMAGE_SIZE)
+    sampler = EpisodeSampler({"a": domain, "b": domain}, ways=3, shots=2, queries=2, num_episodes=6,
+                             image_size=IMAGE_SIZE, split_fractions=(1, 0, 0))
+    args = MetaTrainingArguments(image_size=IMAGE_SIZE)
+    scores = frozen_direct_scores(model, sampler, args)
+    expected: dict[str, list[float]] = {}
+    for i in range(len(sampler)):
+        episode = sampler[i]
+        expected.setdefault(episode.domain, []).append(direct_accuracy(model, episode, args, is_smat=False))
+    assert scores.keys() == expected.keys()
+    for domain_name in scores:
+        assert scores[domain_name] == pytest.approx(expected[domain_name])
+
+
+def test_demo_arguments():
+    quick = benchmark.DemoArguments(quick=True)
+    assert quick.train_domains == benchmark.QUICK["train_domains"] and quick.smat_steps == benchmark.QUICK["smat_steps"]
+    assert benchmark.DemoArguments(quick=True, smat_steps=3).smat_steps == 3  # a flag beats the preset
+    assert benchmark.DemoArguments(sweep_sparsity="0.5,0.9").sweep_sparsity == [0.5, 0.9]
+    with pytest.raises(ValueError, match="Unknown domain"):
+        benchmark.DemoArguments(train_domains=["imagenet"])
+    with pytest.raises(ValueError, match="both"):
+        benchmark.DemoArguments(train_domains=["mnist"], ood_domains=["mnist"])
+    with pytest.raises(ValueError, match="multiple"):
+        benchmark.DemoArguments(image_size=50)
+    with pytest.raises(ValueError, match="Sparsity"):
+        benchmark.DemoArguments(sweep_sparsity=[0.5, 1.0])
+
+
+def test_cap_images_per_class():
+    domain = synthetic_domain(num_classes=3, per_class=6, size=8)
+    capped = benchmark.cap_images_per_class(domain, 4)
+    labels = capped["label"]
+    assert len(capped) == 12 and all(labels.count(c) == 4 for c in range(3))
+    assert benchmark.cap_images_per_class(domain, 10) is domain
+
+
+def test_mean_pairwise_l1():
+    assert benchmark.mean_pairwise_l1({"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [1.0, 0.0]}) == pytest.approx(4 / 3)
+    assert benchmark.mean_pairwise_l1({"a": [1.0]}) == 0.0
+
+
+def _fake_results() -> dict:
+    def per_domain(offset):
+        return {d: {"mean": 50.0 + offset, "ci95": 2.0, "episodes": 10} for d in ("glyphs", "mnist")}
+
+    models = {m: {"direct": {s: per_domain(k) for s in benchmark.SETTINGS}} for k, m in enumerate(benchmark.MODELS)}
+    report = {"target": 0.9, "per_expert": [{"expert": m, "measured_sparsity": 0.9, "expected_density": 0.1}
+                                            for m in range(2)],
+              "per_block": {"8": {"measured_sparsity": [0.9, 0.91], "expected_density": [0.1, 0.1]}},
+              "per_module_type": {"fc1": {"measured_sparsity": [0.89, 0.9], "expected_density": [0.1, 0.1]}},
+              "overall": {}}
+    return {"settings": benchmark.SETTINGS, "models": models, "train_domains": ["glyphs"], "sparsity": report,
+            "expert_weights": {"glyphs": [0.7, 0.3], "mnist": [0.4, 0.6]}}
+
+
+def test_plots_and_tables(tmp_path):
+    results = _fake_results()
+    paths = plots.plot_all(results, tmp_path)
+    assert [Path(p).name for p in paths] == ["sparsity.png", "expert_weights.png", "accuracy.png"]
+    for path in paths:
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    args = benchmark.DemoArguments(train_domains=["glyphs"], ood_domains=["mnist"])
+    results["summary"] = {m: benchmark.summarize_model(r, args, {"glyphs": 0, "mnist": 0})
+                          for m, r in results["models"].items()}
+    assert results["summary"]["smat"]["direct"]["5w5s"] == {"id": 53.0, "ood": 53.0}
+    table = benchmark.format_table(results)
+    assert "| smat | direct | 53.0 | 53.0 |" in table
+    assert "| mnist (OOD) | 50.0 ± 2.0 | 51.0 ± 2.0 | 52.0 ± 2.0 | 53.0 ± 2.0 |" in benchmark.format_domain_table(results)
+    results["expert_weights_l1"] = 0.6
+    claims = benchmark.claims(results)
+    assert claims["smat_at_least_pmf_ood_5w5s"] and claims["every_expert_within_0.02_of_target"]
+    sweep = {"pretrained": {s: {"id": 50.0, "ood": 40.0} for s in ("5w5s",)},
+             "sweep": {str(t): {"summary": {"5w5s": {"id": 60.0 - t, "ood": 45.0 + t}}} for t in (0.5, 0.9)}}
+    assert Path(plots.plot_sweep(sweep, tmp_path / "sweep.png")).exists()
+
+
+def test_demo_help():
+    out = subprocess.run([sys.executable, "-m", "smat_peft.cli", "demo", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--quick" in out and "--sweep_sparsity" in out and "--output_dir" in out
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    """The README's main command in its `--quick` form, on the real backbone and images (CI smoke test)."""
+    out = tmp_path / "demo"
+    run = subprocess.run([sys.executable, "-m", "smat_peft.cli", "demo", "--quick", "--disable_tqdm",
+                          "--output_dir", str(out)], capture_output=True, text=True, env={**os.environ})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| smat | direct |" in run.stdout and "Claims:" in run.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == set(benchmark.MODELS)
+    for name in ("pretrained", "pmf", "smat"):
+        assert set(results["models"][name]) == {"direct", "full", "lora"}
+    for entry in results["sparsity"]["per_expert"]:
+        assert abs(entry["measured_sparsity"] - 0.9) <= 0.02
+    for name in ("sparsity.png", "expert_weights.png", "accuracy.png"):
+        assert (out / name).stat().st_size > 1000
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
