@@ -537,7 +537,7 @@ class SmatModel(BaseTuner):
                 for m, (s, d) in enumerate(zip(overall["measured_sparsity"], overall["expected_density"]))
             ],
             "per_module_type": {k: summary(v) for k, v in groups["per_module_type"].items()},
-            "per_block": {k: summary(v) for k, v in sorted(groups["per_block"].items())},
+            "per_block": {k: summary(v) for k, v in sorted(groups["per_block"].items(), key=_block_order)},
             "overall": {k: sum(v) / len(v) for k, v in overall.items()},
         }
 
@@ -546,3 +546,9 @@ class SmatModel(BaseTuner):
         n = layer.num_masked_elements
         nonzero = layer.eval_mask_nonzero(adapter_name).cpu()
         return {"n": n, "zeros": n - nonzero, "expected": layer.expected_nonzero(adapter_name).detach().cpu()}
+
+
+def _block_order(item: tuple[str, Any]) -> tuple[int, int, str]:
+    """Blocks in numeric order ("2" before "10"), then named groups such as "other"."""
+    key = item[0]
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)

@@ -214,9 +214,9 @@ def training_arguments(args: DemoArguments, output_dir: str, steps: int, **overr
         logging_steps=max(1, steps // 20), disable_tqdm=args.disable_tqdm, use_cpu=not torch.cuda.is_available(),
         # anneal the router temperature from 5 to 0.5 over the run, as the paper does over its 50k tasks
         router_temperature_decay=4.5 / max(1, tasks), dense_weight_decay=0.0, finetune_augment=False,
-        # a run of a few hundred tasks, not 50k: δ needs a far larger step than the paper's 1e-4 to move at all,
-        # and λ a larger one to hold the masks at τ while they are learned (measured: docs/demo.md)
-        delta_lr=0.05, lagrangian_lr=50.0,
+        # a run of a hundred tasks, not 50k: δ needs a far larger step than the paper's 1e-4 to move at all, λ a
+        # larger one to hold the masks at τ while they are learned, the router one to specialise (docs/demo.md)
+        delta_lr=0.05, lagrangian_lr=50.0, router_lr=1e-3,
         finetune_steps=args.finetune_steps, finetune_lr_grid=[0.0, 1e-5, 1e-4],
     )
     values.update(overrides)
