@@ -33,6 +33,40 @@ import torch
 _EPS = 1e-6
 # Largest number of experts whose binary masks are packed into integer codes (table of 2**16 entries).
 MAX_PACKED_EXPERTS = 16
+# Smallest table of logistic noise (64 MiB in fp32); it grows to twice the largest request.
+_MIN_NOISE_TABLE = 2**24
+_NOISE_TABLES: dict[tuple[torch.device, float], torch.Tensor] = {}  # per device and scale
+
+
+def logistic_noise(shape: torch.Size | tuple[int, ...], device: torch.device | str = "cpu", table: bool = True,
+                   scale: float = 1.0) -> torch.Tensor:
+    """Logistic noise `scale · logit(u)`, `u ~ U(0, 1)` i.i.d., of `shape` (float32), for hard-concrete samples.
+
+    With `table=True` it is a contiguous slice, at an offset drawn from torch's global RNG, of a fixed table of
+    i.i.d. samples made once per device from a fixed seed (as the shared noise table of evolution strategies,
+    Salimans et al., 2017): the values of one draw are exactly i.i.d. logistic, draws are reproducible under
+    `torch.manual_seed`, and a draw costs no random numbers. Two draws may overlap at different positions.
+
+    Example:
+
+    ```py
+    >>> torch.manual_seed(0)
+    >>> logistic_noise((2, 3)).shape
+    torch.Size([2, 3])
+    ```
+    """
+    numel = math.prod(shape)
+    if not table:
+        return torch.rand(shape, device=device).clamp_(_EPS, 1.0 - _EPS).logit_().mul_(scale)
+    device = torch.device(device)
+    noise = _NOISE_TABLES.get((device, scale))
+    if noise is None or noise.numel() < 2 * numel:
+        size = max(_MIN_NOISE_TABLE, 1 << (2 * numel - 1).bit_length())
+        generator = torch.Generator().manual_seed(20240721)
+        noise = torch.rand(size, generator=generator).clamp_(_EPS, 1.0 - _EPS).logit_().mul_(scale).to(device)
+        _NOISE_TABLES[(device, scale)] = noise
+    offset = int(torch.randint(0, noise.numel() - numel + 1, (1,)).item())
+    return noise[offset: offset + numel].view(shape)
 
 
 @dataclass(frozen=True)
@@ -53,13 +87,14 @@ class HardConcrete:
     gamma: float = -0.1
     zeta: float = 1.1
     noise: bool = True
+    noise_table: bool = True
 
     def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """A training mask, differentiable w.r.t. `log_alpha` (reparameterised sample)."""
         log_alpha = log_alpha.float()
         if self.noise:
-            u = torch.rand_like(log_alpha).clamp_(_EPS, 1.0 - _EPS)
-            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.beta)
+            noise = logistic_noise(log_alpha.shape, log_alpha.device, self.noise_table, scale=1.0 / self.beta)
+            s = torch.sigmoid(noise + log_alpha / self.beta)
         else:
             # The reference code's u ~ U(0.5 ± 1e-6): logit(u) is ~0, the mask is deterministic (pitfall P1).
             s = torch.sigmoid(log_alpha / self.beta)
@@ -87,7 +122,7 @@ class HardConcrete:
     def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """`P(z ≠ 0) = σ(log α − β·log(−γ/ζ))`, the expected-L0 density of each element (differentiable)."""
         shift = self.beta * math.log(-self.gamma / self.zeta)
-        return torch.sigmoid(log_alpha.float() - shift)
+        return (log_alpha.float() - shift).sigmoid_()  # in place: one large allocation instead of two
 
 
 class _HardConcreteMerge(torch.autograd.Function):
@@ -99,12 +134,13 @@ class _HardConcreteMerge(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_alpha: torch.Tensor, weights: torch.Tensor, hc: "HardConcrete") -> torch.Tensor:
-        masks = torch.empty(log_alpha.shape, dtype=torch.float32, device=log_alpha.device)
         if hc.noise:
-            masks.uniform_(_EPS, 1.0 - _EPS).logit_().add_(log_alpha)
+            # (logit(u) + log α) / β in one pass: the table holds logit(u) / β
+            noise = logistic_noise(log_alpha.shape, log_alpha.device, hc.noise_table, scale=1.0 / hc.beta)
+            masks = torch.add(noise, log_alpha, alpha=1.0 / hc.beta)
         else:
-            masks.copy_(log_alpha)
-        masks.div_(hc.beta).sigmoid_().mul_(hc.zeta - hc.gamma).add_(hc.gamma).clamp_(0.0, 1.0)
+            masks = log_alpha.to(torch.float32).mul(1.0 / hc.beta)
+        masks.sigmoid_().mul_(hc.zeta - hc.gamma).add_(hc.gamma).clamp_(0.0, 1.0)
         ctx.hc = hc
         ctx.log_alpha_dtype = log_alpha.dtype
         ctx.save_for_backward(masks, weights)
@@ -114,15 +150,16 @@ class _HardConcreteMerge(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         masks, weights = ctx.saved_tensors
         hc = ctx.hc
+        grad = grad.to(masks.dtype)
         grad_weights = grad_log_alpha = None
         if ctx.needs_input_grad[1]:
-            grad_weights = (masks.flatten(1) @ grad.flatten().to(masks.dtype)).to(weights.dtype)
+            grad_weights = (masks.flatten(1) @ grad.flatten()).to(weights.dtype)
         if ctx.needs_input_grad[0]:
-            slope = (masks - hc.gamma).mul_(hc.zeta - masks).mul_(1.0 / ((hc.zeta - hc.gamma) * hc.beta))
-            slope.masked_fill_((masks <= 0.0) | (masks >= 1.0), 0.0)
             shape = (-1,) + (1,) * (masks.dim() - 1)
-            slope.mul_(weights.to(slope.dtype).view(shape)).mul_(grad.to(slope.dtype))
-            grad_log_alpha = slope.to(ctx.log_alpha_dtype)
+            scale = weights.to(masks.dtype).view(shape) / ((hc.zeta - hc.gamma) * hc.beta)
+            slope = (masks - hc.gamma).mul_(hc.zeta - masks).mul_(scale).mul_(grad)
+            # zero where the mask is clamped to 0 or 1, in one fused pass
+            grad_log_alpha = torch.ops.aten.hardtanh_backward(slope, masks, 0.0, 1.0).to(ctx.log_alpha_dtype)
         return grad_log_alpha, grad_weights, None
 
 

@@ -92,3 +92,38 @@ def test_eval_threshold_matches_the_eval_mask():
     hc = HardConcrete()
     log_alpha = torch.linspace(-5, 5, 1001)
     assert torch.equal(hc.eval_mask(log_alpha) > 0, log_alpha > hc.eval_nonzero_threshold)
+
+
+def test_logistic_noise_table_is_exact_reproducible_and_cheap_to_slice():
+    from smat_peft.masks import logistic_noise
+
+    torch.manual_seed(0)
+    first = logistic_noise((400, 500))
+    torch.manual_seed(0)
+    assert torch.equal(first, logistic_noise((400, 500)))  # reproducible under torch.manual_seed
+    assert not torch.equal(first, logistic_noise((400, 500)))  # a new offset each draw
+    # i.i.d. standard logistic: mean 0, variance π²/3, CDF σ(x)
+    assert first.mean().item() == pytest.approx(0.0, abs=0.02)
+    assert first.var().item() == pytest.approx(math.pi**2 / 3, rel=0.02)
+    assert (first < 1.0).float().mean().item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.005)
+    fresh = logistic_noise((400, 500), table=False)
+    assert fresh.var().item() == pytest.approx(math.pi**2 / 3, rel=0.02)
+
+
+@pytest.mark.parametrize("noise_table", [True, False])
+def test_fused_sample_merge_with_noise_matches_reference(noise_table):
+    hc = HardConcrete(noise=True, noise_table=noise_table)
+    log_alpha = torch.randn(3, 40, 20).requires_grad_(True)
+    weights = torch.softmax(torch.randn(3), 0).requires_grad_(True)
+    upstream = torch.randn(40, 20)
+    torch.manual_seed(1)
+    fused = hc.sample_merged(log_alpha, weights)
+    (fused * upstream).sum().backward()
+    grads = log_alpha.grad.clone(), weights.grad.clone()
+    log_alpha.grad = weights.grad = None
+    torch.manual_seed(1)
+    reference = merge_dense(hc.sample(log_alpha), weights)
+    (reference * upstream).sum().backward()
+    assert torch.allclose(fused, reference, atol=1e-6)
+    assert torch.allclose(grads[0], log_alpha.grad, atol=1e-5)
+    assert torch.allclose(grads[1], weights.grad, atol=1e-5)
