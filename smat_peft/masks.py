@@ -158,8 +158,9 @@ class _HardConcreteMerge(torch.autograd.Function):
             shape = (-1,) + (1,) * (masks.dim() - 1)
             scale = weights.to(masks.dtype).view(shape) / ((hc.zeta - hc.gamma) * hc.beta)
             slope = (masks - hc.gamma).mul_(hc.zeta - masks).mul_(scale).mul_(grad)
-            # zero where the mask is clamped to 0 or 1, in one fused pass
-            grad_log_alpha = torch.ops.aten.hardtanh_backward(slope, masks, 0.0, 1.0).to(ctx.log_alpha_dtype)
+            # zero where the mask is clamped to 0 or 1, in one fused pass, in place
+            torch.ops.aten.hardtanh_backward.grad_input(slope, masks, 0.0, 1.0, grad_input=slope)
+            grad_log_alpha = slope.to(ctx.log_alpha_dtype)
         return grad_log_alpha, grad_weights, None
 
 
