@@ -52,7 +52,7 @@ def hard_concrete(config: SmatConfig) -> HardConcrete:
         gamma=config.hard_concrete_gamma,
         zeta=config.hard_concrete_zeta,
         noise=config.mask_noise,
-        noise_table=getattr(config, "mask_noise_table", True),
+        noise_table=config.mask_noise_table,
     )
 
 

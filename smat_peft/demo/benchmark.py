@@ -42,7 +42,6 @@ import copy
 import dataclasses
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ from .. import SmatConfig, get_smat_model
 from ..layer import hard_concrete
 from ..targets import DEFAULT_TARGET_MODULES
 from ..training import MetaTrainingArguments, SmatMetaTrainer
+from ..training.trainer import _atomic_write_text
 from ..training.evaluation import evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate
 from . import assets
 from .control import fix_random_sparse_delta_
@@ -252,9 +252,7 @@ def smat_config(args: DemoArguments, backbone: nn.Module, sparsity: float) -> Sm
 
 
 def _train(model: nn.Module, training_args: MetaTrainingArguments, train: dict, sampler_class: type) -> tuple:
-    # the meta-trainer, reading episodes of cached prefix activations
-    trainer_class = type("DemoTrainer", (SmatMetaTrainer,), {"sampler_class": sampler_class})
-    trainer = trainer_class(model, training_args, train_datasets=train)
+    trainer = SmatMetaTrainer(model, training_args, train_datasets=train, sampler_class=sampler_class)
     start = time.perf_counter()
     trainer.train()
     return trainer, time.perf_counter() - start
@@ -381,9 +379,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    _atomic_write_text(str(path), json.dumps(data, indent=2, default=_json_default))
 
 
 def prepare(args: DemoArguments) -> tuple[dict, nn.Module, type, str]:

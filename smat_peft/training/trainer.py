@@ -63,6 +63,7 @@ class SmatMetaTrainer:
             validation and test tasks.
         eval_datasets (`dict[str, datasets.Dataset]`, *optional*): Out-of-domain test domains, never trained on.
         image_processor (*optional*): The backbone's transformers image processor (resize and normalisation).
+        sampler_class (`type`, *optional*): The [`EpisodeSampler`] class (or subclass) that makes the episodes.
 
     Example:
 
@@ -74,9 +75,6 @@ class SmatMetaTrainer:
     ```
     """
 
-    # What makes episodes; a subclass may read them from elsewhere (the demo reads cached backbone activations).
-    sampler_class = EpisodeSampler
-
     def __init__(
         self,
         model: nn.Module,
@@ -84,7 +82,11 @@ class SmatMetaTrainer:
         train_datasets: Optional[Mapping[str, Any]] = None,
         eval_datasets: Optional[Mapping[str, Any]] = None,
         image_processor: Any = None,
+        sampler_class: type = EpisodeSampler,
     ) -> None:
+        # what makes episodes: an EpisodeSampler subclass may read them from elsewhere (the demo's reads cached
+        # activations of the backbone's frozen blocks)
+        self.sampler_class = sampler_class
         self.args = args
         self.model = model
         self.train_datasets = dict(train_datasets or {})
