@@ -241,8 +241,9 @@ def run_demo(args: argparse.Namespace) -> int:
         _print("Sparsity sweep (direct ProtoNet, ID / OOD average accuracy %):")
         for tau, entry in results["sweep"].items():
             cells = ", ".join(f"{s} {v['id']:.1f} / {v['ood']:.1f}" for s, v in entry["summary"].items())
-            _print(f"  τ={tau}: {cells}; measured sparsity {min(entry['measured_sparsity']):.3f}–"
-                   f"{max(entry['measured_sparsity']):.3f}")
+            _print(f"  τ={tau}: {cells}; eval-mask sparsity {min(entry['eval_mask_sparsity']):.3f}–"
+                   f"{max(entry['eval_mask_sparsity']):.3f}, training-mask E[density] "
+                   f"{min(entry['train_mask_expected_density']):.3f}–{max(entry['train_mask_expected_density']):.3f}")
         _print(f"Wrote {demo_args.output_dir}/sweep.json and {', '.join(results['plots'])}")
         return 0
     _print("Average accuracy (%) over the ID and OOD domains:\n" + format_table(results))

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -24,6 +25,7 @@ from .peft_type import SmatPeftType
 
 
 _MASK_DTYPES = ("float32", "bfloat16", "float16")
+_MASK_INITS = ("normal", "dense", "random_binary")
 # Version of the on-disk adapter format this release writes and the newest it reads (`smat_format_version`).
 SMAT_FORMAT_VERSION = 1
 
@@ -51,8 +53,15 @@ class SmatConfig(PeftConfig):
         modules_to_save (`Optional[list[str]]`): Base-model modules to train and save in full (e.g. `["classifier"]`).
         init_weights (`bool`): Initialise `δ` to zero, so the wrapped model reproduces the base model. `False` draws
             a small random `δ` (useful for tests).
-        mask_init_mean (`float`): Mean of the initial mask logits `log α`.
-        mask_init_std (`float`): Standard deviation of the initial mask logits `log α`.
+        mask_init (`str`): How the mask logits start. `"normal"`: `log α ~ N(mask_init_mean, mask_init_std²)`
+            (the method: `N(0, 0.5²)`, every mask about half on, dense). `"dense"`: every `log α` at
+            `+mask_logit_clip` (each mask exactly 1). `"random_binary"`: each element at `±mask_logit_clip`, on with
+            probability `1 − sparsity` (a random binary mask at τ, drawn from torch's global RNG).
+        mask_init_mean (`float`): Mean of the initial mask logits `log α` (`mask_init="normal"`).
+        mask_init_std (`float`): Standard deviation of the initial mask logits `log α` (`mask_init="normal"`).
+        train_masks (`bool`): Learn the mask logits. `False` keeps them at their initial values (no gradient, not
+            optimised): with `num_experts=1` and `mask_init="dense"` or `"random_binary"` this gives the
+            one-dense-expert and random-sparse-mask controls of SMAT.
         mask_logit_clip (`float`): `log α` is clipped to `[-clip, clip]` before each training task.
         hard_concrete_beta (`float`): Temperature `β` of the hard-concrete distribution during training.
         hard_concrete_gamma (`float`): Lower stretch limit `γ` (< 0).
@@ -72,8 +81,11 @@ class SmatConfig(PeftConfig):
         router_mlp_ratio (`float`): MLP width of the router block relative to the feature size.
         router_num_skill_tokens (`int`): Learnable skill tokens appended to the class prototypes.
         router_spectral_norm (`bool`): Spectral normalisation on every linear layer of the router.
-        router_temperature (`float`): Initial temperature of the relaxed-Bernoulli expert weights. The trainer
-            anneals it (reference: 5 → 0.5); it is saved with the adapter.
+        router_temperature (`float`): Temperature of the relaxed-Bernoulli expert weights at the first training
+            task. The meta-trainer anneals it towards `router_test_temperature` (reference: 5 → 0.5).
+        router_test_temperature (`float`): Temperature of the expert weights in eval mode (`α = s / Σ s`,
+            `s = σ(ℓ / T)`), and the lowest temperature of the training schedule. Saved with the adapter, so the
+            routing at test time never depends on which checkpoint was kept (reference: 0.5).
         feature_dim (`Optional[int]`): Size of the support features fed to the router. Inferred for transformers
             vision models; required otherwise.
         outside_task (`str`): What a forward outside `model.task(...)` does: `"error"` (raise) or `"uniform"`
@@ -135,8 +147,16 @@ class SmatConfig(PeftConfig):
     init_weights: bool = field(
         default=True, metadata={"help": "Initialise the delta to zero (True) or to small random values (False)."}
     )
+    mask_init: Literal["normal", "dense", "random_binary"] = field(
+        default="normal",
+        metadata={"help": "Initial mask logits: 'normal' (N(mean, std²), the method), 'dense' (all at +clip) or "
+                  "'random_binary' (±clip, on with probability 1 − sparsity)."},
+    )
     mask_init_mean: float = field(default=0.0, metadata={"help": "Mean of the initial mask logits log α."})
     mask_init_std: float = field(default=0.5, metadata={"help": "Std of the initial mask logits log α."})
+    train_masks: bool = field(
+        default=True, metadata={"help": "Learn the mask logits (False: keep them fixed at their initial values)."}
+    )
     mask_logit_clip: float = field(
         default=math.log(100.0), metadata={"help": "log α is clipped to [-clip, clip] before each training task."}
     )
@@ -166,7 +186,11 @@ class SmatConfig(PeftConfig):
     router_num_skill_tokens: int = field(default=4, metadata={"help": "Learnable skill tokens of the router."})
     router_spectral_norm: bool = field(default=True, metadata={"help": "Spectral norm on the router's linears."})
     router_temperature: float = field(
-        default=5.0, metadata={"help": "Initial temperature of the relaxed-Bernoulli expert weights."}
+        default=5.0, metadata={"help": "Temperature of the relaxed-Bernoulli expert weights at the first training task."}
+    )
+    router_test_temperature: float = field(
+        default=0.5,
+        metadata={"help": "Temperature of the expert weights in eval mode, and the lowest of the training schedule."},
     )
     feature_dim: Optional[int] = field(
         default=None,
@@ -218,9 +242,16 @@ class SmatConfig(PeftConfig):
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
 
         if not isinstance(self.num_experts, int) or self.num_experts < 1:
-            raise ValueError(f"`num_experts` must be a positive int, got {self.num_experts!r}.")
+            raise ValueError(f"`num_experts` must be a positive int (M >= 1), got {self.num_experts!r}.")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"`sparsity` is the target fraction of zeros and must be in [0, 1), got {self.sparsity}.")
+        if self.mask_init not in _MASK_INITS:
+            raise ValueError(f"`mask_init` must be one of {_MASK_INITS}, got {self.mask_init!r}.")
+        if self.mask_init == "dense" and not self.train_masks and self.sparsity > 0:
+            raise ValueError(
+                f"`mask_init='dense'` with `train_masks=False` keeps every mask at 1, which can never meet "
+                f"`sparsity`={self.sparsity}: set `sparsity=0.0` (the one-dense-expert control) or `train_masks=True`."
+            )
         if self.mask_init_std < 0:
             raise ValueError(f"`mask_init_std` must be >= 0, got {self.mask_init_std}.")
         if self.mask_logit_clip <= 0:
@@ -238,8 +269,9 @@ class SmatConfig(PeftConfig):
             raise ValueError(f"`outside_task` must be 'error' or 'uniform', got {self.outside_task!r}.")
         if self.router_num_skill_tokens < 0:
             raise ValueError(f"`router_num_skill_tokens` must be >= 0, got {self.router_num_skill_tokens}.")
-        if self.router_temperature <= 0:
-            raise ValueError(f"`router_temperature` must be > 0, got {self.router_temperature}.")
+        for name in ("router_temperature", "router_test_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
         if self.feature_dim is not None and (
             self.feature_dim < 1 or self.feature_dim % self.router_num_heads != 0
         ):
@@ -261,6 +293,21 @@ class SmatConfig(PeftConfig):
                 f"smat-peft {__version__} reads (up to {SMAT_FORMAT_VERSION}). Upgrade smat-peft: "
                 "`pip install -U smat-peft`."
             )
+
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """peft's hook on the fields read from an `adapter_config.json`: adapters saved before
+        `router_test_temperature` existed get the default, with a warning (their test temperature was whatever the
+        router's buffer held when they were saved)."""
+        if "router_test_temperature" not in kwargs:
+            warnings.warn(
+                "This SMAT adapter was saved without `router_test_temperature` (smat-peft < 0.2): its routing at "
+                f"test time now uses the default temperature {cls.router_test_temperature}. Set "
+                "`model.peft_config[name].router_test_temperature` to change it.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return super().check_kwargs(**kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):

@@ -56,6 +56,20 @@ def hard_concrete(config: SmatConfig) -> HardConcrete:
     )
 
 
+def initial_mask_logits(config: SmatConfig, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Initial `log α` of one parameter's `M` masks, as `config.mask_init` says (see `SmatConfig`)."""
+    log_alpha = torch.empty(shape, dtype=torch.float32, device=device)
+    clip = config.mask_logit_clip
+    if config.mask_init == "dense":
+        log_alpha.fill_(clip)
+    elif config.mask_init == "random_binary":
+        keep = torch.rand(shape, device=device) >= config.sparsity
+        log_alpha = torch.where(keep, clip, -clip).to(torch.float32)
+    else:
+        log_alpha.normal_(config.mask_init_mean, config.mask_init_std)
+    return log_alpha.to(_DTYPES[config.mask_dtype])
+
+
 class SmatLayer(BaseTunerLayer):
     """Mixin holding SMAT's per-adapter state for one wrapped module (see the module docstring)."""
 
@@ -73,6 +87,8 @@ class SmatLayer(BaseTunerLayer):
         self.smat_lora_dropout = nn.ModuleDict({})
         self.smat_lora_scaling: dict[str, float] = {}
         self.smat_config: dict[str, SmatConfig] = {}
+        # peft's hook for adapter weights that stay frozen: the mask logits of `SmatConfig(train_masks=False)`
+        self.frozen_peft_weight_names: dict[str, tuple[str, ...]] = {}
         self._disable_adapters = False
         self.merged_adapters = []
         # Names of the adapted parameters of the base module, in the order of the ParameterLists.
@@ -107,11 +123,12 @@ class SmatLayer(BaseTunerLayer):
                 delta.normal_(0.0, 0.02)
             deltas.append(nn.Parameter(delta))
             shape = (config.num_experts,) + mask_shape(p.shape, config.structured_mask)
-            log_alpha = torch.empty(shape, dtype=_DTYPES[config.mask_dtype], device=device)
-            logits.append(nn.Parameter(log_alpha.normal_(config.mask_init_mean, config.mask_init_std)))
+            logits.append(nn.Parameter(initial_mask_logits(config, shape, device)))
         self.smat_delta[adapter_name] = deltas
         self.smat_log_alpha[adapter_name] = logits
         self.smat_config[adapter_name] = config
+        if not config.train_masks:
+            self.frozen_peft_weight_names[adapter_name] = ("smat_log_alpha",)
 
         if use_lora:
             base = self.get_base_layer()

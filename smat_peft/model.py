@@ -200,6 +200,7 @@ class SmatModel(BaseTuner):
             num_skill_tokens=config.router_num_skill_tokens,
             spectral_norm=config.router_spectral_norm,
             temperature=config.router_temperature,
+            test_temperature=config.router_test_temperature,
         )
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         return router.to(device)
@@ -472,23 +473,24 @@ class SmatModel(BaseTuner):
 
     # ----------------------------------------------------------------------------------------------------------
     # sparsity
-    def expert_sparsity(self, adapter_name: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-expert `(measured_sparsity, expected_density)` over all adapted parameters of one adapter.
+    def _adapter_layers(self, adapter_name: Optional[str]) -> tuple[str, list[SmatLayer]]:
+        adapter_name = adapter_name or self.active_adapters[0]
+        return adapter_name, [layer for _, layer in self.smat_layers() if adapter_name in layer.smat_delta]
 
-        `measured_sparsity` is the fraction of zeros of each expert's deterministic eval mask (what merging
-        deploys; no gradient); `expected_density` is the expected-L0 fraction of non-zeros of the training mask,
-        differentiable w.r.t. the mask logits. The meta-trainer's sparsity constraint uses both.
+    def expected_density(self, adapter_name: Optional[str] = None) -> torch.Tensor:
+        """Expected fraction of non-zeros of each expert's **training** mask `[M]` (the expected L0 at the training
+        temperature β, over all adapted parameters), differentiable w.r.t. the mask logits.
+
+        This is the quantity the sparsity constraint holds at `1 − τ` (method §2). Noisy training masks differ from
+        the deterministic eval masks until the logits saturate; see [`~SmatModel.eval_mask_sparsity`].
         """
-        adapter_name = adapter_name or self.active_adapters[0]
-        layers = [layer for _, layer in self.smat_layers() if adapter_name in layer.smat_delta]
+        adapter_name, layers = self._adapter_layers(adapter_name)
         total = sum(layer.num_masked_elements for layer in layers)
-        expected = sum(layer.expected_nonzero(adapter_name) for layer in layers) / total
-        return self.measured_sparsity(adapter_name), expected
+        return sum(layer.expected_nonzero(adapter_name) for layer in layers) / total
 
-    def measured_sparsity(self, adapter_name: Optional[str] = None) -> torch.Tensor:
-        """Fraction of zeros of each expert's eval mask over all adapted parameters `[M]` (cheap, no gradient)."""
-        adapter_name = adapter_name or self.active_adapters[0]
-        layers = [layer for _, layer in self.smat_layers() if adapter_name in layer.smat_delta]
+    def eval_mask_sparsity(self, adapter_name: Optional[str] = None) -> torch.Tensor:
+        """Fraction of zeros of each expert's deterministic **eval** mask `[M]` (what merging deploys; no gradient)."""
+        adapter_name, layers = self._adapter_layers(adapter_name)
         total = sum(layer.num_masked_elements for layer in layers)
         return 1.0 - sum(layer.eval_mask_nonzero(adapter_name) for layer in layers) / total
 
@@ -498,12 +500,17 @@ class SmatModel(BaseTuner):
             layer.clip_mask_logits_()
 
     def sparsity_report(self, adapter_name: Optional[str] = None) -> dict[str, Any]:
-        """Measured sparsity and expected density of the eval masks, per expert, per module type and per block.
+        """Sparsity of the eval masks and expected density of the training masks, per expert, module type and block.
+
+        Two different quantities, named apart: `eval_mask_sparsity` is the fraction of zeros of the deterministic
+        eval mask (what `merge_task` deploys); `train_mask_expected_density` is the expected fraction of non-zeros
+        of the noisy training mask (the expected L0 that the sparsity constraint holds at `1 − τ`). They agree only
+        once the mask logits saturate.
 
         Returns:
-            `dict` with keys `"target"` (τ), `"per_expert"` (list of `{"expert", "measured_sparsity",
-            "expected_density"}`), `"per_module_type"` and `"per_block"` (name → the same two lists, one value per
-            expert) and `"overall"` (mean over experts).
+            `dict` with keys `"target"` (τ), `"per_expert"` (list of `{"expert", "eval_mask_sparsity",
+            "train_mask_expected_density"}`), `"per_module_type"` and `"per_block"` (name → the same two keys, one
+            value per expert) and `"overall"` (mean over experts).
         """
         adapter_name = adapter_name or self.active_adapters[0]
         config = self.peft_config[adapter_name]
@@ -525,16 +532,16 @@ class SmatModel(BaseTuner):
 
         def summary(entry: dict[str, Any]) -> dict[str, list[float]]:
             return {
-                "measured_sparsity": (entry["zeros"] / entry["n"]).tolist(),
-                "expected_density": (entry["expected"] / entry["n"]).tolist(),
+                "eval_mask_sparsity": (entry["zeros"] / entry["n"]).tolist(),
+                "train_mask_expected_density": (entry["expected"] / entry["n"]).tolist(),
             }
 
         overall = summary(totals)
         return {
             "target": config.sparsity,
             "per_expert": [
-                {"expert": m, "measured_sparsity": s, "expected_density": d}
-                for m, (s, d) in enumerate(zip(overall["measured_sparsity"], overall["expected_density"]))
+                {"expert": m, "eval_mask_sparsity": s, "train_mask_expected_density": d}
+                for m, (s, d) in enumerate(zip(overall["eval_mask_sparsity"], overall["train_mask_expected_density"]))
             ],
             "per_module_type": {k: summary(v) for k, v in groups["per_module_type"].items()},
             "per_block": {k: summary(v) for k, v in sorted(groups["per_block"].items(), key=_block_order)},

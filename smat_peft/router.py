@@ -18,6 +18,10 @@ task embedding is the **mean of the outputs at the prototype positions**, then a
 without position embeddings is permutation-equivariant, so the mean makes α invariant to the order of the classes
 (the reference code reads position 0, i.e. class 0's prototype, and is not: pitfall P6). Logits against learnable
 expert keys give relaxed-Bernoulli weights, normalised to sum to one (neither softmax nor top-k, as in the paper).
+
+Temperatures: in training, `s = σ((ℓ + logistic noise) / T_train)` with `T_train` annealed per training task
+(`T(n) = max(T_test, T_0 − decay·n)`, reference 5 → 0.5, see [`SmatRouter.anneal_`]); in eval mode
+`s = σ(ℓ / T_test)` with the fixed `test_temperature` of the adapter's config, never the training buffer.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class SmatRouter(nn.Module):
         num_skill_tokens: int = 4,
         spectral_norm: bool = True,
         temperature: float = 5.0,
+        test_temperature: float = 0.5,
     ) -> None:
         super().__init__()
         if feature_dim % num_heads != 0:
@@ -88,7 +93,10 @@ class SmatRouter(nn.Module):
         self.norm = nn.LayerNorm(feature_dim)
         self.keys = nn.Parameter(torch.empty(num_experts, feature_dim))
         nn.init.kaiming_normal_(self.keys)
-        # Annealed by the meta-trainer; a buffer so that it is saved with the adapter and used at test time.
+        self.start_temperature = float(temperature)
+        self.test_temperature = float(test_temperature)
+        # The training temperature, annealed by the meta-trainer; a buffer so that a resumed run continues it. Eval
+        # mode uses `test_temperature` instead.
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         if spectral_norm:
             for name in ("qkv", "proj", "fc1", "fc2"):
@@ -105,6 +113,13 @@ class SmatRouter(nn.Module):
         for norm in self._spectral_norms():
             norm.eval()
         return self
+
+    @torch.no_grad()
+    def anneal_(self, tasks_seen: int, decay: float) -> float:
+        """Set the training temperature after `tasks_seen` training tasks: `max(T_test, T_0 − decay · tasks_seen)`."""
+        value = max(self.test_temperature, self.start_temperature - decay * tasks_seen)
+        self.temperature.fill_(value)
+        return value
 
     @torch.no_grad()
     def update_spectral_norm(self) -> None:
@@ -134,6 +149,6 @@ class SmatRouter(nn.Module):
             u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
             scores = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
         else:
-            scores = torch.sigmoid(logits / self.temperature)
+            scores = torch.sigmoid(logits / self.test_temperature)
         weights = scores / (scores.sum() + 1e-8)
         return RouterOutput(weights=weights, logits=logits, embedding=embedding)

@@ -29,7 +29,6 @@ from peft import PeftModel
 
 from smat_peft import EpisodeSampler, MetaTrainingArguments, SmatConfig, get_smat_model
 from smat_peft.demo import benchmark, plots
-from smat_peft.demo.control import fix_random_sparse_delta_
 from smat_peft.demo.prefix import (
     CachedEpisodeSampler,
     cached_prefix_activations,
@@ -114,31 +113,38 @@ def test_cached_activations_and_sampler(tmp_path):
         CachedEpisodeSampler({"toy": domain}, ways=2, shots=1, queries=1, split_fractions=(1, 0, 0))
 
 
-def test_random_mask_control_moves_only_masked_weights():
-    model = make_tiny_model("dinov2").train()
-    names = benchmark.adapted_module_names(model, frozen_layers=1)
-    assert names and all(".1." in n for n in names)
-    before = copy.deepcopy(model.state_dict())
-    masks = fix_random_sparse_delta_(model, names, sparsity=0.8, seed=0)
-    density = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
-    assert 0.15 < density < 0.25
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    domain = synthetic_domain(num_classes=6, per_class=4, size=IMAGE_SIZE)
-    sampler = EpisodeSampler(domain, ways=3, shots=2, queries=2, image_size=IMAGE_SIZE, split_fractions=(1, 0, 0))
-    args = MetaTrainingArguments(image_size=IMAGE_SIZE)
-    for i in range(3):
-        protonet_task_loss(model, sampler[i], args).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    after = model.state_dict()
-    for name, value in after.items():
-        changed = value != before[name]
-        if name in masks:
-            assert changed.any() and not changed[masks[name] == 0].any()
-        else:
-            assert not changed.any(), name
-    with pytest.raises(ValueError, match="sparsity"):
-        fix_random_sparse_delta_(model, names, sparsity=1.0)
+def test_every_method_adapts_the_same_parameters():
+    backbone = skip_frozen_prefix(_tiny_dinov2(3), 1)
+    args = benchmark.DemoArguments(frozen_layers=1, num_experts=4)
+    expected = set(benchmark.adapted_parameter_names(backbone, 1))
+    assert expected and all(n.startswith(("encoder.layer.1.", "encoder.layer.2.", "layernorm.")) for n in expected)
+    assert any("norm1" in n for n in expected) and any("lambda1" in n for n in expected)  # norms, layer-scales
+    pmf = benchmark.build_model("pmf", backbone, args, 0.9)
+    assert {n for n, p in pmf.named_parameters() if p.requires_grad} == expected
+    for method in benchmark.SMAT_FAMILY:
+        model = benchmark.build_model(method, backbone, args, 0.9)
+        adapted = {f"{name}.{p}" for name, layer in model.base_model.smat_layers() for p in layer.param_names}
+        assert adapted == expected, method
+
+
+def test_controls_are_smat_adapters_with_one_fixed_mask():
+    backbone = skip_frozen_prefix(_tiny_dinov2(3), 1)
+    args = benchmark.DemoArguments(frozen_layers=1, num_experts=4)
+    dense = benchmark.build_model("dense_expert", backbone, args, 0.9).base_model
+    random_mask = benchmark.build_model("random_mask", backbone, args, 0.9).base_model
+    smat = benchmark.build_model("smat", backbone, args, 0.9).base_model
+    assert dense.peft_config["default"].num_experts == random_mask.peft_config["default"].num_experts == 1
+    assert dense.eval_mask_sparsity().tolist() == [0.0]
+    assert random_mask.eval_mask_sparsity().item() == pytest.approx(0.9, abs=0.03)
+    for model in (dense, random_mask):
+        assert not any(p.requires_grad for n, p in model.named_parameters() if "smat_log_alpha" in n)
+    assert all(p.requires_grad for n, p in smat.named_parameters() if "smat_log_alpha" in n)
+    # the method's initialisation: log α ~ N(0, 0.5²), masks dense at the start
+    logits = torch.cat([p.flatten() for n, p in smat.named_parameters() if "smat_log_alpha" in n])
+    assert logits.mean().item() == pytest.approx(0.0, abs=0.02) and logits.std().item() == pytest.approx(0.5, abs=0.02)
+    at_target = benchmark.build_model("smat", backbone, benchmark.DemoArguments(frozen_layers=1, num_experts=4,
+                                                                                mask_init_at_target=True), 0.9)
+    assert at_target.base_model.expected_density().mean().item() == pytest.approx(0.1, abs=0.03)
 
 
 def test_frozen_direct_scores_match_per_episode_accuracy():
@@ -159,8 +165,13 @@ def test_frozen_direct_scores_match_per_episode_accuracy():
 
 def test_demo_arguments():
     quick = benchmark.DemoArguments(quick=True)
-    assert quick.train_domains == benchmark.QUICK["train_domains"] and quick.smat_steps == benchmark.QUICK["smat_steps"]
-    assert benchmark.DemoArguments(quick=True, smat_steps=3).smat_steps == 3  # a flag beats the preset
+    assert quick.train_domains == benchmark.QUICK["train_domains"] and quick.steps == benchmark.QUICK["steps"]
+    assert benchmark.DemoArguments(quick=True, steps=3).steps == 3  # a flag beats the preset
+    assert benchmark.DemoArguments(smat_delta_lr="1e-3,3e-3").smat_delta_lr == [1e-3, 3e-3]
+    with pytest.raises(ValueError, match="smat_delta_lr"):
+        benchmark.DemoArguments(smat_delta_lr=[1e-3, 1e-3])
+    with pytest.raises(ValueError, match="pmf_lr"):
+        benchmark.DemoArguments(pmf_lr=[0.0])
     assert benchmark.DemoArguments(sweep_sparsity="0.5,0.9").sweep_sparsity == [0.5, 0.9]
     with pytest.raises(ValueError, match="Unknown domain"):
         benchmark.DemoArguments(train_domains=["imagenet"])
@@ -180,41 +191,45 @@ def test_cap_images_per_class():
     assert benchmark.cap_images_per_class(domain, 10) is domain
 
 
-def test_mean_pairwise_l1():
-    assert benchmark.mean_pairwise_l1({"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [1.0, 0.0]}) == pytest.approx(4 / 3)
-    assert benchmark.mean_pairwise_l1({"a": [1.0]}) == 0.0
-
-
 def _fake_results() -> dict:
     def per_domain(offset):
         return {d: {"mean": 50.0 + offset, "ci95": 2.0, "episodes": 10} for d in ("glyphs", "mnist")}
 
     models = {m: {"direct": {s: per_domain(k) for s in benchmark.SETTINGS}} for k, m in enumerate(benchmark.MODELS)}
-    report = {"target": 0.9, "per_expert": [{"expert": m, "measured_sparsity": 0.9, "expected_density": 0.1}
+    report = {"target": 0.9, "per_expert": [{"expert": m, "eval_mask_sparsity": 0.9, "train_mask_expected_density": 0.1}
                                             for m in range(2)],
-              "per_block": {"8": {"measured_sparsity": [0.9, 0.91], "expected_density": [0.1, 0.1]}},
-              "per_module_type": {"fc1": {"measured_sparsity": [0.89, 0.9], "expected_density": [0.1, 0.1]}},
+              "per_block": {"8": {"eval_mask_sparsity": [0.9, 0.91], "train_mask_expected_density": [0.1, 0.1]}},
+              "per_module_type": {"fc1": {"eval_mask_sparsity": [0.89, 0.9], "train_mask_expected_density": [0.1, 0.1]}},
               "overall": {}}
+    history = [{"step": s, "expert_mask_at_upper_clip": [0.01 * s, 0.0], "expert_mask_at_lower_clip": [0.1, 0.2],
+                "expert_train_mask_expected_density": [0.5 / s, 0.4 / s], "multipliers": [s, 2.0 * s]}
+               for s in (1, 2, 3)]
+    diagnostics = {"expert_weights": {"glyphs": [0.7, 0.3], "mnist": [0.4, 0.6]},
+                   "specialisation": {"score": 0.1, "ci95": [0.05, 0.15], "trained_spread": 0.3, "untrained_spread": 0.2},
+                   "mask_saturation": {"at_upper": [0.05, 0.05], "at_lower": [0.8, 0.85]},
+                   "eval_mask_overlap": {"mean_jaccard": 0.1, "mean_independent_baseline": 0.05}}
     return {"settings": benchmark.SETTINGS, "models": models, "train_domains": ["glyphs"], "sparsity": report,
-            "expert_weights": {"glyphs": [0.7, 0.3], "mnist": [0.4, 0.6]}}
+            "diagnostics": diagnostics, "training": {"smat": {"history": history}}}
 
 
 def test_plots_and_tables(tmp_path):
     results = _fake_results()
     paths = plots.plot_all(results, tmp_path)
-    assert [Path(p).name for p in paths] == ["sparsity.png", "expert_weights.png", "accuracy.png"]
+    assert [Path(p).name for p in paths] == ["sparsity.png", "expert_weights.png", "experts.png", "accuracy.png"]
     for path in paths:
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     args = benchmark.DemoArguments(train_domains=["glyphs"], ood_domains=["mnist"])
     results["summary"] = {m: benchmark.summarize_model(r, args, {"glyphs": 0, "mnist": 0})
                           for m, r in results["models"].items()}
-    assert results["summary"]["smat"]["direct"]["5w5s"] == {"id": 53.0, "ood": 53.0}
+    assert results["summary"]["smat"]["direct"]["5w5s"] == {"id": 54.0, "ood": 54.0}
     table = benchmark.format_table(results)
-    assert "| smat | direct | 53.0 | 53.0 |" in table
-    assert "| mnist (OOD) | 50.0 ± 2.0 | 51.0 ± 2.0 | 52.0 ± 2.0 | 53.0 ± 2.0 |" in benchmark.format_domain_table(results)
-    results["expert_weights_l1"] = 0.6
+    assert "| smat | direct | 54.0 | 54.0 |" in table
+    assert "| mnist (OOD) | 50.0 ± 2.0 | 51.0 ± 2.0 | 52.0 ± 2.0 | 53.0 ± 2.0 | 54.0 ± 2.0 |" in \
+        benchmark.format_domain_table(results)
     claims = benchmark.claims(results)
-    assert claims["smat_at_least_pmf_ood_5w5s"] and claims["every_expert_within_0.02_of_target"]
+    assert claims["smat_minus_pmf_ood_5w5s"] == 3.0 and claims["smat_minus_random_mask_id_5w1s"] == 1.0
+    assert claims["experts_specialise"] and claims["specialisation_score_ci95"] == [0.05, 0.15]
+    assert claims["mask_logits_saturated"] == pytest.approx(0.875) and claims["max_train_mask_density_gap"] == 0.0
     sweep = {"pretrained": {s: {"id": 50.0, "ood": 40.0} for s in ("5w5s",)},
              "sweep": {str(t): {"summary": {"5w5s": {"id": 60.0 - t, "ood": 45.0 + t}}} for t in (0.5, 0.9)}}
     assert Path(plots.plot_sweep(sweep, tmp_path / "sweep.png")).exists()
@@ -238,7 +253,11 @@ def test_demo_quick_end_to_end(tmp_path):
     for name in ("pretrained", "pmf", "smat"):
         assert set(results["models"][name]) == {"direct", "full", "lora"}
     for entry in results["sparsity"]["per_expert"]:
-        assert abs(entry["measured_sparsity"] - 0.9) <= 0.02
-    for name in ("sparsity.png", "expert_weights.png", "accuracy.png"):
+        assert 0.0 <= entry["eval_mask_sparsity"] <= 1.0 and 0.0 < entry["train_mask_expected_density"] < 1.0
+    assert set(results["diagnostics"]["specialisation"]) >= {"score", "ci95", "trained_spread", "untrained_spread"}
+    assert results["training"]["smat"]["history"] and results["claims"]["specialisation_score_ci95"]
+    for name in ("pmf", "dense_expert", "random_mask", "smat"):
+        assert results["training"][name]["lr_search"]
+    for name in ("sparsity.png", "expert_weights.png", "experts.png", "accuracy.png"):
         assert (out / name).stat().st_size > 1000
     assert (out / "adapter" / "adapter_model.safetensors").exists()

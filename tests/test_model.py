@@ -260,14 +260,14 @@ def test_sparsity_report_and_expert_sparsity():
                 log_alpha[1].fill_(10.0)  # expert 1: all ones
                 log_alpha[2].copy_(torch.where(torch.rand_like(log_alpha[2]) < 0.9, -10.0, 10.0))
     report = model.sparsity_report()
-    sparsity = [e["measured_sparsity"] for e in report["per_expert"]]
+    sparsity = [e["eval_mask_sparsity"] for e in report["per_expert"]]
     assert sparsity[0] == pytest.approx(1.0) and sparsity[1] == pytest.approx(0.0)
     assert sparsity[2] == pytest.approx(0.9, abs=0.02)
-    assert report["per_expert"][1]["expected_density"] == pytest.approx(1.0, abs=1e-3)
+    assert report["per_expert"][1]["train_mask_expected_density"] == pytest.approx(1.0, abs=1e-3)
     assert set(report["per_module_type"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}
     assert set(report["per_block"]) == {"0", "1"}
     assert report["target"] == 0.9
-    measured, expected = model.base_model.expert_sparsity()
+    measured, expected = model.base_model.eval_mask_sparsity(), model.base_model.expected_density()
     assert torch.allclose(measured, torch.tensor(sparsity), atol=1e-6)
     expected.sum().backward()  # differentiable w.r.t. log α
     assert layers[0].smat_log_alpha["default"][0].grad is not None

@@ -1,29 +1,57 @@
+import math
+
 import pytest
 import torch
 
 from smat_peft.training.heads import class_prototypes, cosine_logits
-from smat_peft.training.objective import distillation, sparsity_losses
+from smat_peft.masks import HardConcrete
+from smat_peft.training.constraint import SparsityConstraint
+from smat_peft.training.objective import distillation
 
 
 def test_lagrangian_raises_multipliers_of_too_dense_experts_only():
-    multipliers = torch.zeros(3, requires_grad=True)
-    measured = torch.tensor([0.5, 0.9, 0.95])  # too dense, exactly at τ, sparser than τ
+    constraint = SparsityConstraint(num_experts=3, target=0.9)
+    density = torch.tensor([0.5, 0.1, 0.05])  # too dense, exactly at τ, sparser than τ
     weights = torch.tensor([0.2, 0.3, 0.5])
-    lagrangian, _ = sparsity_losses(measured, torch.full((3,), 0.3), multipliers, weights, target=0.9)
-    lagrangian.backward()
-    step = -multipliers.grad  # what SGD adds
-    assert step[0] > 0 and step[1] == 0 and step[2] < 0
+    constraint.loss(density, weights).backward()
+    step = -constraint.multipliers.grad  # what SGD adds
+    assert step[0] > 0 and step[1] == pytest.approx(0.0, abs=1e-7) and step[2] < 0
     assert step[0] == pytest.approx((0.9 - 0.5) * 0.2)
 
 
-def test_sparsity_penalty_lowers_expected_density_in_proportion_to_the_multiplier():
-    log_alpha = torch.zeros(3, requires_grad=True)
-    expected = torch.sigmoid(log_alpha + 1.6)
-    multipliers = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
-    _, penalty = sparsity_losses(torch.zeros(3), expected, multipliers, torch.ones(3) / 3, target=0.9)
-    penalty.backward()
-    assert log_alpha.grad[0] == 0 and 0 < log_alpha.grad[1] < log_alpha.grad[2]  # SGD lowers log α
-    assert multipliers.grad is None or torch.all(multipliers.grad == 0)  # stop-gradient to λ
+def test_multipliers_of_satisfied_experts_are_reset_before_every_task():
+    constraint = SparsityConstraint(num_experts=3, target=0.9)
+    with torch.no_grad():
+        constraint.multipliers.copy_(torch.tensor([2.0, 3.0, 4.0]))
+    constraint.loss(torch.tensor([0.5, 0.1, 0.05]), torch.ones(3) / 3)
+    assert constraint.multipliers.tolist() == [2.0, 0.0, 0.0]  # only the too-dense expert keeps its λ
+    kept = SparsityConstraint(num_experts=3, target=0.9, reset=False)
+    with torch.no_grad():
+        kept.multipliers.copy_(torch.tensor([2.0, 3.0, 4.0]))
+    kept.loss(torch.tensor([0.5, 0.1, 0.05]), torch.ones(3) / 3)
+    assert kept.multipliers.tolist() == [2.0, 3.0, 4.0]
+
+
+def test_constraint_gradient_reaches_the_training_masks_expected_l0():
+    """d(loss)/d log α equals the finite difference of λ·α·E[density of the training mask] (β = 2/3)."""
+    hc = HardConcrete(beta=2 / 3)
+    log_alpha = torch.tensor([[-1.0, 0.5, 2.0], [0.3, -0.2, 1.0]], dtype=torch.float64, requires_grad=True)
+    weights = torch.tensor([0.4, 0.6], dtype=torch.float64)
+    constraint = SparsityConstraint(num_experts=2, target=0.9).double()
+    with torch.no_grad():
+        constraint.multipliers.copy_(torch.tensor([1.5, 0.7]))
+    density = lambda la: hc.prob_nonzero(la).double().mean(1)  # noqa: E731
+    constraint.loss(density(log_alpha), weights).backward()
+    eps = 1e-3  # prob_nonzero computes in float32
+    for index in [(0, 0), (0, 2), (1, 1)]:
+        plus, minus = log_alpha.detach().clone(), log_alpha.detach().clone()
+        plus[index] += eps
+        minus[index] -= eps
+        value = lambda la: float((constraint.multipliers.detach() * weights * density(la)).sum())  # noqa: E731
+        numeric = (value(plus) - value(minus)) / (2 * eps)
+        assert log_alpha.grad[index].item() == pytest.approx(numeric, rel=1e-3, abs=5e-5)
+    # the density is that of the *training* distribution (β = 2/3), not the eval threshold's
+    assert hc.prob_nonzero(torch.tensor(0.0)).item() == pytest.approx(torch.sigmoid(torch.tensor(-2 / 3 * math.log(0.1 / 1.1))).item())
 
 
 def test_forward_and_reverse_distillation_directions():

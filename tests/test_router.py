@@ -26,14 +26,34 @@ def test_training_mode_samples_relaxed_bernoulli_noise():
     assert torch.isclose(first.sum(), torch.tensor(1.0), atol=1e-6)
 
 
-def test_lower_temperature_sharpens_the_weights():
-    router = SmatRouter(feature_dim=32, num_experts=8).eval()
+def test_lower_test_temperature_sharpens_the_weights():
+    torch.manual_seed(0)
+    hot = SmatRouter(feature_dim=32, num_experts=8, test_temperature=5.0).eval()
+    torch.manual_seed(0)
+    cold = SmatRouter(feature_dim=32, num_experts=8, test_temperature=0.5).eval()
     prototypes = torch.randn(5, 32)
-    router.temperature.fill_(5.0)
-    hot = router(prototypes).weights
-    router.temperature.fill_(0.5)
-    cold = router(prototypes).weights
-    assert cold.max() - cold.min() > hot.max() - hot.min()
+    hot_w, cold_w = hot(prototypes).weights, cold(prototypes).weights
+    assert cold_w.max() - cold_w.min() > hot_w.max() - hot_w.min()
+
+
+def test_eval_weights_use_the_test_temperature_whatever_the_training_buffer_holds():
+    # the buffer is whatever the schedule reached in the checkpoint that was kept; the test temperature is fixed
+    router = SmatRouter(feature_dim=32, num_experts=8, test_temperature=0.5).eval()
+    prototypes = torch.randn(5, 32)
+    weights = []
+    for buffer in (3.99, 2.86, 0.61):
+        router.temperature.fill_(buffer)
+        weights.append(router(prototypes).weights)
+    assert all(torch.equal(weights[0], w) for w in weights)
+    expected = torch.sigmoid(router(prototypes).logits / 0.5)
+    assert torch.allclose(weights[0], expected / expected.sum(), atol=1e-6)
+
+
+def test_anneal_goes_from_the_start_to_the_test_temperature():
+    router = SmatRouter(feature_dim=32, num_experts=4, temperature=5.0, test_temperature=0.5)
+    assert router.anneal_(0, decay=0.25) == 5.0
+    assert router.anneal_(10, decay=0.25) == 2.5 and router.temperature.item() == 2.5
+    assert router.anneal_(1000, decay=0.25) == 0.5
 
 
 def test_keys_and_skill_tokens_are_registered_trainable_parameters():

@@ -47,7 +47,8 @@ def test_meta_training_lowers_the_query_loss_and_meets_the_sparsity_target(tmp_p
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     report = model.sparsity_report()
     for expert in report["per_expert"]:
-        assert expert["measured_sparsity"] == pytest.approx(0.9, abs=0.02), report["per_expert"]
+        # the constraint holds the training masks' expected density at 1 − τ
+        assert expert["train_mask_expected_density"] == pytest.approx(0.1, abs=0.02), report["per_expert"]
     assert os.path.exists(tmp_path / "best" / "adapter_config.json")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["best_validation_accuracy"] is not None and metrics["train_history"]
@@ -180,3 +181,32 @@ def test_two_processes_match_one_process_with_two_tasks_per_update(tmp_path):
     for key in one:
         # same episodes and noise; only the order of the floating-point gradient sums differs
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), (key, (one[key] - two[key]).abs().max())
+
+
+def test_one_dense_expert_control_trains_delta_with_masks_fixed(tmp_path, domains):
+    """The M = 1 control: SMAT's objective and optimisers, one expert whose mask stays exactly 1."""
+    train, _ = domains
+    torch.manual_seed(0)
+    config = SmatConfig(num_experts=1, sparsity=0.0, mask_init="dense", train_masks=False, mask_noise=False)
+    model = get_smat_model(make_tiny_model("vit", seed=0), config)
+    before = adapter_state(model)
+    trainer = SmatMetaTrainer(model, arguments(tmp_path, max_steps=3, delta_lr=1e-3), train_datasets=train)
+    trainer.train()
+    assert "mask" not in trainer.optimizers
+    after = adapter_state(model)
+    for name in before:
+        if "smat_log_alpha" in name:
+            assert torch.equal(before[name], after[name]), name
+    assert any(not torch.equal(before[n], after[n]) for n in before if "smat_delta" in n)
+    assert model.base_model.eval_mask_sparsity().tolist() == [0.0]
+    assert trainer.constraint.multipliers.tolist() == [0.0]  # sparsity 0 is always met
+
+
+def test_expert_diagnostics_are_logged(tmp_path, domains):
+    train, _ = domains
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, logging_steps=1), train_datasets=train)
+    trainer.train()
+    logs = [h for h in trainer.history if "query_loss" in h][-1]
+    assert len(logs["expert_mask_at_upper_clip"]) == 4 and len(logs["multipliers"]) == 4
+    assert len(logs["expert_train_mask_expected_density"]) == 4 and logs["mask_grad_norm"] >= 0
+    assert 0.5 <= logs["router_temperature"] <= 5.0

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -92,3 +94,34 @@ def test_get_smat_model_needs_a_smat_config():
 
     with pytest.raises(TypeError, match="SmatConfig"):
         get_smat_model(make_tiny_model("vit"), LoraConfig(target_modules=["q_proj"]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"router_temperature": 0.0}, "router_temperature"),
+        ({"router_test_temperature": -1.0}, "router_test_temperature"),
+        ({"sparsity": 1.0}, "sparsity"),
+        ({"sparsity": -0.1}, "sparsity"),
+        ({"num_experts": 0}, "num_experts"),
+        ({"mask_init": "zeros"}, "mask_init"),
+        ({"mask_init": "dense", "train_masks": False, "sparsity": 0.9}, "mask_init='dense'"),
+    ],
+)
+def test_bad_mask_and_router_options_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        SmatConfig(**kwargs)
+
+
+def test_adapter_saved_without_a_test_temperature_warns_and_takes_the_default(tmp_path):
+    import json
+
+    SmatConfig(num_experts=2).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    data = json.loads(path.read_text())
+    del data["router_test_temperature"]
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="router_test_temperature"):
+        config = SmatConfig.check_kwargs(**data)
+    assert "router_test_temperature" not in config
+    assert SmatConfig(**{k: v for k, v in data.items() if k != "peft_type"}).router_test_temperature == 0.5

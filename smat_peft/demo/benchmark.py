@@ -19,13 +19,22 @@ MNIST, Animal-MNIST, clip art). Compared side by side, from the same DINOv2 ViT-
 
 - `pretrained`: ProtoNet on the frozen backbone;
 - `pmf`: dense meta-training with the ProtoNet loss (PMF);
-- `random_mask`: the control, one fixed random sparse delta at the same τ (no router, no learned masks);
+- `dense_expert`: the control that separates SMAT's objective from its experts: SMAT's loss, optimisers and
+  schedule with one expert whose mask is fixed at 1 (M = 1, no sparsity, no routing);
+- `random_mask`: the control that separates sparsity from learned experts: the same, with one fixed random binary
+  mask at the same τ;
 - `smat`: sparse interpolated experts with the router (the method).
 
-Each in `direct` mode (ProtoNet on the task's weights) and, on 5-way 5-shot, with `full` and `lora` fine-tuning
-on the support set. All adapt only the last blocks of the ViT; the frozen first blocks run once per image
-(`prefix.py`). Checkpoints are chosen on validation classes (early stopping), fine-tuning learning rates on
-validation episodes of the training domains, never on test episodes.
+The ladder pre-trained → PMF → one dense expert → random sparse mask → learned sparse experts says where SMAT's
+differences come from. Every method adapts the same parameters ([`adapted_parameter_names`]: all parameters after
+the frozen prefix, norms and layer-scales included) for the same number of updates; each method's learning rate
+comes from the same validation search over its own grid (δ's effective step scales with the merged mask squared, so
+one learning rate does not fit all). Each is tested in `direct` mode (ProtoNet on the task's weights) and, for
+pre-trained, PMF and SMAT on 5-way 5-shot, with `full` and `lora` fine-tuning on the support set. The frozen first
+blocks run once per image (`prefix.py`). Checkpoints are chosen on validation classes (early stopping),
+learning rates on validation episodes of the training domains, never on test episodes. SMAT's experts are
+instrumented ([`smat_peft.diagnostics`]): mask saturation, the experts' overlap, and the specialisation score of the
+router against an untrained one.
 
 Example:
 
@@ -40,8 +49,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import json
+import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +61,12 @@ import torch
 from torch import nn
 
 from .. import SmatConfig, get_smat_model
-from ..layer import hard_concrete
-from ..targets import DEFAULT_TARGET_MODULES
+from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, specialisation_score
+from ..model import SmatModel
 from ..training import MetaTrainingArguments, SmatMetaTrainer
 from ..training.trainer import _atomic_write_text
 from ..training.evaluation import evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate
 from . import assets
-from .control import fix_random_sparse_delta_
 from .prefix import CachedEpisodeSampler, cached_prefix_activations, skip_frozen_prefix
 
 
@@ -66,7 +75,9 @@ OOD_DOMAINS = ["emoji_twitter", "mnist", "animal_mnist", "clipart"]
 # an OOD domain with the same classes as a training domain is tested on that domain's held-out classes only
 SAME_CLASSES_AS = {"emoji_twitter": "emoji_google"}
 ID_SPLIT = (0.7, 0.15, 0.15)
-MODELS = ("pretrained", "pmf", "random_mask", "smat")
+MODELS = ("pretrained", "pmf", "dense_expert", "random_mask", "smat")
+# the methods trained with SMAT's objective and optimisers (a SMAT adapter each)
+SMAT_FAMILY = ("dense_expert", "random_mask", "smat")
 
 # test settings: name → EpisodeSampler arguments
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -82,13 +93,13 @@ QUICK = {
     "train_domains": ["glyphs", "cards"],
     "ood_domains": ["mnist", "animal_mnist"],
     "max_images_per_class": 30,
-    "smat_steps": 6,
-    "dense_steps": 6,
+    "steps": 6,
     "eval_steps": 3,
     "eval_episodes": 3,
     "test_episodes": 5,
     "finetune_episodes": 1,
     "finetune_steps": 2,
+    "diagnostic_episodes": 4,
 }
 
 
@@ -121,8 +132,25 @@ class DemoArguments:
     max_images_per_class: int = field(default=100, metadata={"help": "Cap on images per class (MNIST has 7000)."})
     num_experts: int = field(default=8, metadata={"help": "SMAT experts M."})
     sparsity: float = field(default=0.9, metadata={"help": "SMAT sparsity target τ (and the random-mask control's)."})
-    smat_steps: int = field(default=40, metadata={"help": "SMAT meta-updates."})
-    dense_steps: int = field(default=40, metadata={"help": "Meta-updates of PMF and of the random-mask control."})
+    steps: int = field(default=40, metadata={"help": "Meta-updates of every trained method (one budget for all)."})
+    pmf_lr: list[float] = field(default_factory=lambda: [2e-5], metadata={
+        "help": "AdamW learning rate(s) of PMF; several values (`1e-5,2e-5`) are searched on validation episodes."})
+    smat_delta_lr: list[float] = field(default_factory=lambda: [0.05], metadata={
+        "help": "SGD learning rate(s) of SMAT's δ; several values are searched on validation episodes."})
+    dense_expert_delta_lr: list[float] = field(default_factory=lambda: [1e-3], metadata={
+        "help": "SGD learning rate(s) of the one-dense-expert control's δ (searched like SMAT's)."})
+    random_mask_delta_lr: list[float] = field(default_factory=lambda: [1e-2], metadata={
+        "help": "SGD learning rate(s) of the random-mask control's δ (searched like SMAT's)."})
+    mask_lr: float = field(default=1e6, metadata={"help": "SGD learning rate of SMAT's mask logits (the method: 1e6)."})
+    mask_grad_clip: float = field(default=5.0, metadata={"help": "Gradient-norm clip of the mask logits (method: 5)."})
+    mask_noise: bool = field(default=True, metadata={
+        "help": "Noisy hard-concrete training masks (paper); false: the reference code's deterministic ones (P1)."})
+    mask_init_at_target: bool = field(default=False, metadata={
+        "help": "Start the mask logits at the training masks' target density 1 − τ instead of the method's N(0, 0.5²)."})
+    lagrangian_lr: float = field(default=50.0, metadata={"help": "SGD learning rate of the multipliers λ."})
+    router_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of SMAT's router."})
+    diagnostic_episodes: int = field(default=20, metadata={
+        "help": "5-way 5-shot test episodes per domain scoring the router (α per domain, specialisation score)."})
     tasks_per_update: int = field(default=2, metadata={"help": "Training episodes per meta-update."})
     eval_steps: int = field(default=10, metadata={"help": "Validate (early stopping) every N updates."})
     eval_episodes: int = field(default=8, metadata={"help": "Validation episodes per training domain."})
@@ -141,11 +169,12 @@ class DemoArguments:
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
     def __post_init__(self) -> None:
-        values = [self.sweep_sparsity] if isinstance(self.sweep_sparsity, (str, float)) else self.sweep_sparsity
-        try:
-            self.sweep_sparsity = [float(v) for value in values for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"`sweep_sparsity` takes numbers such as 0.5,0.8,0.9,0.95; got {values}.") from None
+        self.sweep_sparsity = _numbers("sweep_sparsity", self.sweep_sparsity)
+        for name in LR_FIELDS.values():
+            grid = _numbers(name, getattr(self, name))
+            if not grid or any(not lr > 0 for lr in grid) or len(set(grid)) != len(grid):
+                raise ValueError(f"`{name}` must be one or more distinct positive learning rates, got {grid}.")
+            setattr(self, name, grid)
         if self.quick:
             defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
                         for f in dataclasses.fields(self)}
@@ -163,10 +192,24 @@ class DemoArguments:
             raise ValueError(f"`image_size` must be a multiple of the ViT's patch size 14, got {self.image_size}.")
         if not all(0.0 < s < 1.0 for s in [self.sparsity, *self.sweep_sparsity]):
             raise ValueError("Sparsity targets must be in (0, 1).")
-        for name in ("smat_steps", "dense_steps", "tasks_per_update", "eval_steps", "eval_episodes", "test_episodes",
+        for name in ("steps", "diagnostic_episodes", "tasks_per_update", "eval_steps", "eval_episodes", "test_episodes",
                      "finetune_episodes", "finetune_steps", "finetune_search_episodes", "max_images_per_class"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+
+
+# each trained method's searched learning rate
+LR_FIELDS = {"pmf": "pmf_lr", "dense_expert": "dense_expert_delta_lr", "random_mask": "random_mask_delta_lr",
+             "smat": "smat_delta_lr"}
+
+
+def _numbers(name: str, values: Any) -> list[float]:
+    """`0.5,0.8` or `[0.5, 0.8]` or `["0.5,0.8"]` → `[0.5, 0.8]`."""
+    values = [values] if isinstance(values, (str, float, int)) else values
+    try:
+        return [float(v) for value in values for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"`{name}` takes numbers such as 0.5,0.8,0.9; got {values}.") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,59 +246,118 @@ def load_demo_domains(args: DemoArguments) -> dict[str, Any]:
 # models and training
 
 
-def training_arguments(args: DemoArguments, output_dir: str, steps: int, **overrides: Any) -> MetaTrainingArguments:
-    """The meta-training arguments shared by SMAT, PMF and the control: 5-way 5-shot 5-query, early stopping."""
-    tasks = steps * args.tasks_per_update
+def training_arguments(args: DemoArguments, output_dir: str, **overrides: Any) -> MetaTrainingArguments:
+    """The meta-training arguments shared by every trained method: 5-way 5-shot 5-query, early stopping."""
+    tasks = args.steps * args.tasks_per_update
     values = dict(
         output_dir=output_dir, seed=args.seed, split_seed=args.seed, image_size=args.image_size, ways=5, shots=5,
-        queries=5, augment=False, max_steps=steps, tasks_per_update=args.tasks_per_update,
-        warmup_steps=max(1, steps // 10), lr_schedule="constant", eval_steps=args.eval_steps,
+        queries=5, augment=False, max_steps=args.steps, tasks_per_update=args.tasks_per_update,
+        warmup_steps=max(1, args.steps // 10), lr_schedule="constant", eval_steps=args.eval_steps,
         eval_episodes=args.eval_episodes, load_best_model_at_end=True, save_steps=0, save_total_limit=1,
-        logging_steps=max(1, steps // 20), disable_tqdm=args.disable_tqdm, use_cpu=not torch.cuda.is_available(),
-        # anneal the router temperature from 5 to 0.5 over the run, as the paper does over its 50k tasks
+        logging_steps=max(1, args.steps // 20), disable_tqdm=args.disable_tqdm, use_cpu=not torch.cuda.is_available(),
+        # anneal the router temperature from 5 to its test value 0.5 over the run, as the paper does over 50k tasks
         router_temperature_decay=4.5 / max(1, tasks), dense_weight_decay=0.0, finetune_augment=False,
-        # a run of a hundred tasks, not 50k: δ needs a far larger step than the paper's 1e-4 to move at all, λ a
-        # larger one to hold the masks at τ while they are learned, the router one to specialise (docs/demo.md)
-        delta_lr=0.05, lagrangian_lr=50.0, router_lr=1e-3,
-        finetune_steps=args.finetune_steps, finetune_lr_grid=[0.0, 1e-5, 1e-4],
+        # a run of a hundred tasks, not 50k: λ needs a larger step to move the masks to τ within it, the router one
+        # to specialise at all (docs/demo.md); δ's learning rate is searched per method
+        mask_lr=args.mask_lr, mask_grad_clip=args.mask_grad_clip, lagrangian_lr=args.lagrangian_lr,
+        router_lr=args.router_lr, finetune_steps=args.finetune_steps, finetune_lr_grid=[0.0, 1e-5, 1e-4],
     )
     values.update(overrides)
     return MetaTrainingArguments(**values)
 
 
-def adapted_module_names(model: nn.Module, frozen_layers: int) -> list[str]:
-    """The modules SMAT adapts in the demo: the default targets of the blocks after the frozen prefix."""
-    targets = set(DEFAULT_TARGET_MODULES[model.config.model_type])
-    names = []
-    for name, _ in model.named_modules():
-        parts = name.split(".")
-        if parts[-1] in targets and "layer" in parts and int(parts[parts.index("layer") + 1]) >= frozen_layers:
-            names.append(name)
-    return names
+def adapted_parameter_names(backbone: nn.Module, frozen_layers: int) -> list[str]:
+    """What every method adapts: all parameters of the blocks after the frozen prefix and of the final norm.
 
-
-def smat_config(args: DemoArguments, backbone: nn.Module, sparsity: float) -> SmatConfig:
-    """SMAT on the blocks after the frozen prefix, its masks initialised at the target sparsity.
-
-    A run of a few hundred tasks is far too short for the Lagrangian to carry the masks from dense to τ (the paper
-    trains on 50k tasks), so `mask_init_mean` puts the eval masks' density at `1 − τ` from the start; the
-    constraint then only has to keep them there while the masks are learned.
+    Norms, layer-scales and biases included (the method adapts every parameter). PMF trains exactly these, and
+    the SMAT adapters of SMAT and both controls target exactly their modules.
     """
-    from statistics import NormalDist
+    blocks = dict(backbone.named_modules())["encoder.layer"]
+    prefixes = tuple(f"encoder.layer.{i}." for i in range(frozen_layers, len(blocks)))
+    names = [n for n, _ in backbone.named_parameters() if n.startswith(prefixes) or not n.startswith("encoder.")]
+    return [n for n in names if not n.startswith(("embeddings.", "pooler."))]
 
-    num_layers = backbone.config.num_hidden_layers
-    config = SmatConfig(num_experts=args.num_experts, sparsity=sparsity,
-                        layers_to_transform=list(range(args.frozen_layers, num_layers)), layers_pattern="layer")
-    threshold = hard_concrete(config).eval_nonzero_threshold
-    config.mask_init_mean = threshold - config.mask_init_std * NormalDist().inv_cdf(sparsity)
+
+def adapted_module_names(backbone: nn.Module, frozen_layers: int) -> list[str]:
+    """The modules owning [`adapted_parameter_names`]."""
+    owners = {name.rsplit(".", 1)[0] for name in adapted_parameter_names(backbone, frozen_layers)}
+    return sorted(owners)
+
+
+def smat_config(args: DemoArguments, backbone: nn.Module, sparsity: float, method: str = "smat") -> SmatConfig:
+    """The SMAT adapter of `method` (SMAT or one of its controls) on [`adapted_module_names`].
+
+    `smat`: `num_experts` learned masks, the method's initialisation `log α ~ N(0, 0.5²)` (or, with
+    `--mask_init_at_target`, the training masks' expected density at `1 − τ` from the start). `dense_expert`: one
+    expert whose mask is fixed at 1. `random_mask`: one expert whose mask is a fixed random binary mask at τ.
+    """
+    modules = adapted_module_names(backbone, args.frozen_layers)
+    target = "|".join(re.escape(name) for name in modules)  # exact names: loads onto the full Dinov2Model too
+    if method == "dense_expert":
+        return SmatConfig(num_experts=1, sparsity=0.0, target_modules=target, mask_init="dense", train_masks=False,
+                          mask_noise=False)
+    if method == "random_mask":
+        return SmatConfig(num_experts=1, sparsity=sparsity, target_modules=target, mask_init="random_binary",
+                          train_masks=False, mask_noise=False)
+    config = SmatConfig(num_experts=args.num_experts, sparsity=sparsity, target_modules=target,
+                        mask_noise=args.mask_noise)
+    if args.mask_init_at_target:
+        # the median element's P(z ≠ 0) = σ(μ − β·log(−γ/ζ)) at 1 − τ
+        shift = config.hard_concrete_beta * math.log(-config.hard_concrete_gamma / config.hard_concrete_zeta)
+        config.mask_init_mean = shift + math.log((1 - sparsity) / sparsity)
     return config
 
 
-def _train(model: nn.Module, training_args: MetaTrainingArguments, train: dict, sampler_class: type) -> tuple:
-    trainer = SmatMetaTrainer(model, training_args, train_datasets=train, sampler_class=sampler_class)
-    start = time.perf_counter()
-    trainer.train()
-    return trainer, time.perf_counter() - start
+def build_model(method: str, backbone: nn.Module, args: DemoArguments, sparsity: float) -> nn.Module:
+    """A fresh trainable copy of the backbone for `method` (seeded: the same initialisation for every lr)."""
+    torch.manual_seed(args.seed)
+    model = copy.deepcopy(backbone)
+    if method == "pmf":
+        adapted = set(adapted_parameter_names(model, args.frozen_layers))
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in adapted)
+        return model
+    return get_smat_model(model, smat_config(args, backbone, sparsity, method))
+
+
+def train_method(method: str, backbone: nn.Module, args: DemoArguments, out: Path, train: dict, sampler_class: type,
+                 sparsity: Optional[float] = None) -> tuple[nn.Module, MetaTrainingArguments, dict[str, Any]]:
+    """Train `method` at every learning rate of its grid; keep the one with the best validation accuracy.
+
+    Returns the model, its training arguments and a record: chosen lr, the search, the kept (early-stopped) update,
+    the validation history, wall time and, for SMAT adapters, the trainer's expert diagnostics over time.
+    """
+    sparsity = args.sparsity if sparsity is None else sparsity
+    grid = getattr(args, LR_FIELDS[method])
+    best = None
+    search: dict[str, Any] = {}
+    for lr in grid:
+        model = build_model(method, backbone, args, sparsity)
+        run_dir = out / "runs" / (method if len(grid) == 1 else f"{method}-lr{lr:g}")
+        lr_field = "dense_lr" if method == "pmf" else "delta_lr"
+        training_args = training_arguments(args, str(run_dir), **{lr_field: lr})
+        trainer = SmatMetaTrainer(model, training_args, train_datasets=train, sampler_class=sampler_class)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        validation = [(h["step"], h["validation_accuracy"]) for h in trainer.history if "validation_accuracy" in h]
+        record = {
+            "lr": lr, "best_validation_accuracy": trainer.best_metric, "training_s": seconds,
+            "kept_update": max(validation, key=lambda v: v[1])[0] if validation else args.steps,
+            "validation": validation,
+        }
+        if method in SMAT_FAMILY:
+            keys = ("step", "query_loss", "mask_grad_norm", "mask_saturated", "expert_mask_at_upper_clip",
+                    "expert_mask_at_lower_clip", "expert_train_mask_expected_density", "multipliers",
+                    "router_temperature")
+            record["history"] = [{k: h[k] for k in keys if k in h} for h in trainer.history if "query_loss" in h]
+        search[f"{lr:g}"] = trainer.best_metric
+        if best is None or trainer.best_metric > best[2]["best_validation_accuracy"]:
+            best = (model, training_args, record)
+        del trainer
+    model, training_args, record = best
+    record["lr_search"] = search
+    return model, training_args, record
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,7 +382,7 @@ def evaluate_model(model: nn.Module, name: str, training_args: MetaTrainingArgum
                    sampler_class: type, args: DemoArguments, modes: tuple[str, ...]) -> dict[str, Any]:
     """`{mode: {setting: {domain: {mean, ci95, episodes[, lr]}}}}` for one model."""
     results: dict[str, Any] = {}
-    is_smat = name.startswith("smat")
+    is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
     features: dict = {}  # a frozen model embeds each test image once, across settings
     for setting in SETTINGS:
         for domain in domains:
@@ -328,43 +430,61 @@ def summarize_model(results: dict[str, Any], args: DemoArguments, domains: dict)
 
 
 @torch.no_grad()
-def expert_weights_by_domain(model: nn.Module, domains: dict, sampler_class: type, args: DemoArguments,
-                             num_episodes: int = 20) -> dict[str, list[float]]:
-    """Mean router weights α per domain over 5-way 5-shot test episodes."""
+def routing_by_domain(model: nn.Module, domains: dict, sampler_class: type, args: DemoArguments
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Expert weights α `[episodes, M]` per domain on 5-way 5-shot test episodes, of the trained router and of an
+    untrained router of the same configuration and test temperature (the same episodes for both)."""
     smat = model.base_model
     model.eval()
-    out = {}
+    fresh = fresh_router(smat, seed=args.seed + 1)
+    trained, untrained = {}, {}
     for domain in domains:
-        sampler = test_sampler(sampler_class, domains, domain, FINETUNE_SETTING, args, num_episodes)
-        weights = [smat.expert_weights(e.support_pixel_values, e.support_labels) for e in sampler]
-        out[domain] = torch.stack(weights).mean(0).tolist()
-    return out
+        sampler = test_sampler(sampler_class, domains, domain, FINETUNE_SETTING, args, args.diagnostic_episodes)
+        prototypes = [smat.prototypes(e.support_pixel_values, e.support_labels) for e in sampler]
+        trained[domain] = torch.stack([smat.route(p).weights for p in prototypes]).cpu()
+        untrained[domain] = torch.stack([fresh(p.to(fresh.keys.device)).weights for p in prototypes]).cpu()
+    return trained, untrained
 
 
-def mean_pairwise_l1(vectors: dict[str, list[float]]) -> float:
-    """Mean L1 distance between every pair of vectors."""
-    pairs = list(itertools.combinations(vectors.values(), 2))
-    if not pairs:
-        return 0.0
-    return sum(sum(abs(a - b) for a, b in zip(u, v)) for u, v in pairs) / len(pairs)
+def expert_diagnostics(model: nn.Module, domains: dict, sampler_class: type, args: DemoArguments) -> dict[str, Any]:
+    """Do SMAT's experts learn? Saturation, overlap, α per domain and the specialisation score (with its CI)."""
+    trained, untrained = routing_by_domain(model, domains, sampler_class, args)
+    return {
+        "mask_saturation": mask_saturation(model),
+        "eval_mask_overlap": eval_mask_overlap(model),
+        "expert_weights": {d: w.mean(0).tolist() for d, w in trained.items()},
+        "untrained_expert_weights": {d: w.mean(0).tolist() for d, w in untrained.items()},
+        "specialisation": specialisation_score(trained, untrained, seed=args.seed),
+        "router_test_temperature": model.base_model.peft_config[model.base_model.active_adapters[0]]
+        .router_test_temperature,
+    }
 
 
 def claims(results: dict[str, Any]) -> dict[str, Any]:
-    """What the default run must show, each measured (5-way 5-shot direct unless said otherwise)."""
+    """What the run shows, each measured (average accuracy, direct ProtoNet, per setting, ID and OOD)."""
     s = results["summary"]
-    get = lambda model, key, setting="5w5s", mode="direct": s[model][mode][setting].get(key)  # noqa: E731
-    sparsity = results["sparsity"]
-    target = sparsity["target"]
-    worst = max(abs(e["measured_sparsity"] - target) for e in sparsity["per_expert"])
-    out = {}
+    get = lambda model, key, setting: s[model]["direct"][setting].get(key)  # noqa: E731
+    out: dict[str, Any] = {}
     for setting in SETTINGS:
-        out[f"smat_above_pretrained_id_{setting}"] = get("smat", "id", setting) > get("pretrained", "id", setting)
-        out[f"smat_above_pretrained_ood_{setting}"] = get("smat", "ood", setting) > get("pretrained", "ood", setting)
-        out[f"smat_at_least_pmf_ood_{setting}"] = get("smat", "ood", setting) >= get("pmf", "ood", setting)
-        out[f"smat_above_random_mask_ood_{setting}"] = get("smat", "ood", setting) > get("random_mask", "ood", setting)
-    out["max_expert_sparsity_gap"] = worst
-    out["every_expert_within_0.02_of_target"] = worst <= 0.02
-    out["expert_weights_mean_pairwise_l1"] = results["expert_weights_l1"]
+        for key in ("id", "ood"):
+            for other in ("pretrained", "pmf", "dense_expert", "random_mask"):
+                if other in s:
+                    out[f"smat_minus_{other}_{key}_{setting}"] = round(get("smat", key, setting) - get(other, key, setting), 2)
+    diagnostics = results["diagnostics"]
+    score = diagnostics["specialisation"]
+    out["specialisation_score"] = round(score["score"], 4)
+    out["specialisation_score_ci95"] = [round(v, 4) for v in score["ci95"]]
+    out["experts_specialise"] = score["ci95"][0] > 0
+    saturation = diagnostics["mask_saturation"]
+    out["mask_logits_saturated"] = round(sum(saturation["at_upper"] + saturation["at_lower"]) / len(saturation["at_upper"]), 4)
+    overlap = diagnostics["eval_mask_overlap"]
+    out["eval_mask_jaccard"] = round(overlap["mean_jaccard"], 4)
+    out["eval_mask_jaccard_independent"] = round(overlap["mean_independent_baseline"], 4)
+    sparsity = results["sparsity"]
+    densities = [e["train_mask_expected_density"] for e in sparsity["per_expert"]]
+    out["max_train_mask_density_gap"] = round(max(abs(d - (1 - sparsity["target"])) for d in densities), 4)
+    out["eval_mask_sparsity_range"] = [round(min(e["eval_mask_sparsity"] for e in sparsity["per_expert"]), 4),
+                                       round(max(e["eval_mask_sparsity"] for e in sparsity["per_expert"]), 4)]
     return out
 
 
@@ -398,15 +518,6 @@ def prepare(args: DemoArguments) -> tuple[dict, nn.Module, type, str]:
     return domains, backbone, CachedEpisodeSampler.with_activations(activations), backbone_dir
 
 
-def train_smat(backbone: nn.Module, args: DemoArguments, sparsity: float, output_dir: str, train: dict,
-               sampler_class: type) -> tuple[nn.Module, MetaTrainingArguments, float]:
-    torch.manual_seed(args.seed)
-    model = get_smat_model(copy.deepcopy(backbone), smat_config(args, backbone, sparsity))
-    training_args = training_arguments(args, output_dir, args.smat_steps)
-    _, seconds = _train(model, training_args, train, sampler_class)
-    return model, training_args, seconds
-
-
 def run_demo(args: DemoArguments) -> dict[str, Any]:
     """Run the benchmark (or the sparsity sweep) and write `results.json`, the SMAT adapter and the plots."""
     from . import plots
@@ -420,48 +531,32 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     domains, backbone, sampler_class, backbone_dir = prepare(args)
     timings["assets_and_cache_s"] = time.perf_counter() - start
     train = {d: domains[d] for d in args.train_domains}
-    modes = ("direct", "full", "lora")
     results: dict[str, Any] = {
         "arguments": dataclasses.asdict(args), "backbone": backbone_dir, "settings": SETTINGS,
         "finetune_setting": FINETUNE_SETTING, "train_domains": args.train_domains,
         "ood_domains": [d for d in domains if d not in args.train_domains], "models": {}, "training": {},
+        "adapted_parameters": len(adapted_parameter_names(backbone, args.frozen_layers)),
     }
-    eval_args = training_arguments(args, str(out / "runs"), 1)
 
     def record(name: str, model: nn.Module, training_args: MetaTrainingArguments) -> None:
         t = time.perf_counter()
-        # the control answers one question (direct, out of domain); fine-tuning it would only cost time
-        model_modes = ("direct",) if name == "random_mask" else modes
-        results["models"][name] = evaluate_model(model, name, training_args, domains, sampler_class, args,
-                                                 model_modes)
+        # the controls answer one question (direct ProtoNet); fine-tuning them would only cost time
+        modes = ("direct",) if name in ("dense_expert", "random_mask") else ("direct", "full", "lora")
+        results["models"][name] = evaluate_model(model, name, training_args, domains, sampler_class, args, modes)
         timings[f"{name}_evaluation_s"] = time.perf_counter() - t
 
-    record("pretrained", backbone, eval_args)
-
-    pmf = copy.deepcopy(backbone).requires_grad_(True)
-    pmf_args = training_arguments(args, str(out / "runs" / "pmf"), args.dense_steps)
-    trainer, timings["pmf_training_s"] = _train(pmf, pmf_args, train, sampler_class)
-    results["training"]["pmf"] = {"best_validation_accuracy": trainer.best_metric}
-    record("pmf", pmf, pmf_args)
-    del pmf, trainer
-
-    control = copy.deepcopy(backbone)
-    fix_random_sparse_delta_(control, adapted_module_names(control, args.frozen_layers), args.sparsity, args.seed)
-    control_args = training_arguments(args, str(out / "runs" / "random_mask"), args.dense_steps)
-    trainer, timings["random_mask_training_s"] = _train(control, control_args, train, sampler_class)
-    results["training"]["random_mask"] = {"best_validation_accuracy": trainer.best_metric}
-    record("random_mask", control, control_args)
-    del control, trainer
-
-    smat, smat_args, timings["smat_training_s"] = train_smat(backbone, args, args.sparsity, str(out / "runs" / "smat"),
-                                                             train, sampler_class)
-    with open(out / "runs" / "smat" / "metrics.json") as f:
-        results["training"]["smat"] = {"best_validation_accuracy": json.load(f).get("best_validation_accuracy")}
-    record("smat", smat, smat_args)
-    results["sparsity"] = smat.base_model.sparsity_report()
-    results["expert_weights"] = expert_weights_by_domain(smat, domains, sampler_class, args)
-    results["expert_weights_l1"] = mean_pairwise_l1(results["expert_weights"])
-    smat.save_pretrained(str(out / "adapter"))
+    record("pretrained", backbone, training_arguments(args, str(out / "runs")))
+    for method in ("pmf", "dense_expert", "random_mask", "smat"):
+        t = time.perf_counter()
+        model, training_args, results["training"][method] = train_method(method, backbone, args, out, train,
+                                                                         sampler_class)
+        timings[f"{method}_training_s"] = time.perf_counter() - t
+        record(method, model, training_args)
+        if method == "smat":
+            results["sparsity"] = model.base_model.sparsity_report()
+            results["diagnostics"] = expert_diagnostics(model, domains, sampler_class, args)
+            model.save_pretrained(str(out / "adapter"))
+        del model
 
     results["summary"] = {name: summarize_model(r, args, domains) for name, r in results["models"].items()}
     results["claims"] = claims(results)
@@ -482,21 +577,23 @@ def run_sweep(args: DemoArguments) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     domains, backbone, sampler_class, backbone_dir = prepare(args)
     train = {d: domains[d] for d in args.train_domains}
-    eval_args = training_arguments(args, str(out / "runs"), 1)
+    eval_args = training_arguments(args, str(out / "runs"))
     pretrained = evaluate_model(backbone, "pretrained", eval_args, domains, sampler_class, args, ("direct",))
     results: dict[str, Any] = {
         "arguments": dataclasses.asdict(args), "backbone": backbone_dir,
         "pretrained": summarize_model(pretrained, args, domains)["direct"], "sweep": {},
     }
     for sparsity in args.sweep_sparsity:
-        model, training_args, seconds = train_smat(backbone, args, sparsity, str(out / "runs" / f"smat-{sparsity}"),
-                                                   train, sampler_class)
+        model, training_args, record = train_method("smat", backbone, args, out / f"smat-{sparsity}", train,
+                                                    sampler_class, sparsity=sparsity)
         evaluated = evaluate_model(model, f"smat τ={sparsity}", training_args, domains, sampler_class, args,
                                    ("direct",))
         report = model.base_model.sparsity_report()
         results["sweep"][str(sparsity)] = {
             "summary": summarize_model(evaluated, args, domains)["direct"], "domains": evaluated["direct"],
-            "measured_sparsity": [e["measured_sparsity"] for e in report["per_expert"]], "training_s": seconds,
+            "eval_mask_sparsity": [e["eval_mask_sparsity"] for e in report["per_expert"]],
+            "train_mask_expected_density": [e["train_mask_expected_density"] for e in report["per_expert"]],
+            "training_s": record["training_s"],
         }
     results["timings"] = {"total_s": time.perf_counter() - start}
     results["plots"] = [plots.plot_sweep(results, out / "sparsity_sweep.png")]

@@ -19,7 +19,7 @@ Example:
 >>> import json
 >>> from smat_peft.demo.plots import plot_all
 >>> plot_all(json.load(open("smat-demo/results.json")), "smat-demo")  # doctest: +SKIP
-['smat-demo/sparsity.png', 'smat-demo/expert_weights.png', 'smat-demo/accuracy.png']
+['smat-demo/sparsity.png', 'smat-demo/expert_weights.png', 'smat-demo/experts.png', 'smat-demo/accuracy.png']
 ```
 """
 
@@ -34,27 +34,32 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-COLORS = {"pretrained": "#9e9e9e", "pmf": "#1f77b4", "random_mask": "#ff7f0e", "smat": "#2ca02c"}
+COLORS = {"pretrained": "#9e9e9e", "pmf": "#1f77b4", "dense_expert": "#9467bd", "random_mask": "#ff7f0e",
+          "smat": "#2ca02c"}
 
 
 def plot_sparsity(report: dict[str, Any], path: Union[str, Path]) -> str:
-    """Learned sparsity per block and per module type (mean over experts, bars from the min to the max expert)."""
+    """Eval-mask sparsity per block and per module type (mean over experts, bars from the min to the max expert),
+    with the training masks' expected sparsity `1 − E[density]` (what the constraint holds at τ) as dots."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, key, label in ((axes[0], "per_block", "block"), (axes[1], "per_module_type", "module type")):
         names = list(report[key])
-        values = [report[key][n]["measured_sparsity"] for n in names]
+        values = [report[key][n]["eval_mask_sparsity"] for n in names]
         means = [sum(v) / len(v) for v in values]
         low = [m - min(v) for m, v in zip(means, values)]
         high = [max(v) - m for m, v in zip(means, values)]
-        ax.bar(range(len(names)), means, yerr=[low, high], color="#2ca02c", capsize=3)
+        ax.bar(range(len(names)), means, yerr=[low, high], color="#2ca02c", capsize=3, label="eval masks")
+        expected = [1 - sum(report[key][n]["train_mask_expected_density"]) / len(values[0]) for n in names]
+        ax.plot(range(len(names)), expected, "o", color="k", label="training masks, 1 − E[density]")
+        values = [v + [e] for v, e in zip(values, expected)]
         ax.axhline(report["target"], color="k", linestyle="--", linewidth=1, label=f"target τ = {report['target']}")
         ax.set_xticks(range(len(names)), names, rotation=30 if key == "per_module_type" else 0)
         ax.set_xlabel(label)
         lowest = min(min(v) for v in values)
         ax.set_ylim(max(0.0, min(lowest, report["target"]) - 0.1), 1.0)
-    axes[0].set_ylabel("fraction of zeros in the expert masks")
+    axes[0].set_ylabel("fraction of zeros")
     axes[0].legend(loc="lower left")
-    fig.suptitle("Learned SMAT sparsity (bars: min–max over experts)")
+    fig.suptitle("SMAT sparsity: eval masks (bars: min–max over experts) and training masks (dots)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -71,6 +76,43 @@ def plot_expert_weights(weights: dict[str, list[float]], train_domains: list[str
     ax.set_xlabel("expert")
     fig.colorbar(image, ax=ax, label="mean α")
     ax.set_title("Expert weights α per domain (5-way 5-shot test tasks)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_diagnostics(results: dict[str, Any], path: Union[str, Path]) -> str:
+    """SMAT's experts over training (saturated mask logits, training-mask density, λ, per expert) and the
+    specialisation score of the router against an untrained one, with its 95% CI."""
+    history = results["training"]["smat"].get("history", [])
+    diagnostics = results["diagnostics"]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
+    steps = [h["step"] for h in history if "expert_mask_at_upper_clip" in h]
+    rows = [h for h in history if "expert_mask_at_upper_clip" in h]
+    panels = (
+        (axes[0], lambda h: [u + lo for u, lo in zip(h["expert_mask_at_upper_clip"], h["expert_mask_at_lower_clip"])],
+         "mask logits at a clip bound"),
+        (axes[1], lambda h: h["expert_train_mask_expected_density"], "training-mask E[density]"),
+        (axes[2], lambda h: h["multipliers"], "Lagrange multiplier λ"),
+    )
+    for ax, value, title in panels:
+        if rows:
+            per_expert = list(zip(*[value(h) for h in rows]))
+            for m, series in enumerate(per_expert):
+                ax.plot(steps, series, linewidth=1, label=f"expert {m}")
+        ax.set_xlabel("update")
+        ax.set_title(title)
+    target = results["sparsity"]["target"]
+    axes[1].axhline(1 - target, color="k", linestyle="--", linewidth=1, label="1 − τ")
+    axes[0].legend(fontsize=6, ncol=2)
+    score = diagnostics["specialisation"]
+    ax = axes[3]
+    ax.bar([0, 1], [score["untrained_spread"], score["trained_spread"]], color=["#9e9e9e", "#2ca02c"])
+    ax.set_xticks([0, 1], ["untrained router", "trained router"])
+    ax.set_ylabel("α spread across domains (mean pairwise L1)")
+    low, high = score["ci95"]
+    ax.set_title(f"specialisation {score['score']:+.3f} [{low:+.3f}, {high:+.3f}]", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -123,10 +165,12 @@ def plot_sweep(results: dict[str, Any], path: Union[str, Path]) -> str:
 
 
 def plot_all(results: dict[str, Any], out: Union[str, Path]) -> list[str]:
-    """The three plots of a benchmark run, written into `out`; returns their paths."""
+    """The four plots of a benchmark run, written into `out`; returns their paths."""
     out = Path(out)
     return [
         plot_sparsity(results["sparsity"], out / "sparsity.png"),
-        plot_expert_weights(results["expert_weights"], results["train_domains"], out / "expert_weights.png"),
+        plot_expert_weights(results["diagnostics"]["expert_weights"], results["train_domains"],
+                            out / "expert_weights.png"),
+        plot_diagnostics(results, out / "experts.png"),
         plot_accuracy(results, out / "accuracy.png"),
     ]

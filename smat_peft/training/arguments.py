@@ -106,11 +106,11 @@ class MetaTrainingArguments:
             "(reference code: 0.5; not in the paper, P4)."
         },
     )
-    sparsity_reset: bool = field(default=True, metadata={"help": "Reset λ to 0 for experts that meet τ."})
-    router_temperature_start: float = field(default=5.0, metadata={"help": "Router temperature at the first task."})
-    router_temperature_end: float = field(default=0.5, metadata={"help": "Lowest router temperature."})
+    sparsity_reset: bool = field(default=True, metadata={"help": "Reset λ to 0 for experts that meet τ (per task)."})
     router_temperature_decay: float = field(
-        default=2.5e-4, metadata={"help": "Temperature decrease per training task (reference: 1/4000)."}
+        default=2.5e-4,
+        metadata={"help": "Router temperature decrease per training task (reference: 1/4000), from the adapter's "
+                  "`router_temperature` down to its `router_test_temperature` (both in the SmatConfig)."},
     )
     router_logit_penalty: float = field(default=1e-4, metadata={"help": "Weight of mean(ℓ²) of the router logits."})
 
@@ -173,7 +173,3 @@ class MetaTrainingArguments:
             raise ValueError(f"`split_fractions` must be three fractions summing to 1, got {self.split_fractions}.")
         if not 0.0 <= self.distillation_weight <= 1.0 or not 0.0 <= self.pretrained_distillation_share <= 1.0:
             raise ValueError("`distillation_weight` and `pretrained_distillation_share` must be in [0, 1].")
-
-    def router_temperature(self, tasks_seen: int) -> float:
-        """The annealed router temperature after `tasks_seen` training tasks."""
-        return max(self.router_temperature_end, self.router_temperature_start - self.router_temperature_decay * tasks_seen)

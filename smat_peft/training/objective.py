@@ -21,7 +21,8 @@ SMAT, for one episode (method notes §4, with the pitfalls as options):
 3. Student query logits; query cross-entropy.
 4. Dense teacher: `teacher_steps` query-loss SGD steps from the (detached) student parameters; distillation
    toward its logits (direction configurable, P4), optionally also toward the pre-trained ProtoNet.
-5. Sparsity: per-expert Lagrangian on measured sparsity vs τ, weighted by the task's α; router logit penalty.
+5. Sparsity: the per-expert Lagrangian on the training masks' expected density vs τ, weighted by the task's α
+   ([`SparsityConstraint`]); router logit penalty.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch import nn
 
 from ..targets import default_features
 from .arguments import MetaTrainingArguments
+from .constraint import SparsityConstraint
 from .episodes import Episode
 from .heads import class_prototypes, cosine_logits
 
@@ -64,25 +66,6 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return temperature**2 * kl
 
 
-def sparsity_losses(
-    measured_sparsity: torch.Tensor,
-    expected_density: torch.Tensor,
-    multipliers: torch.Tensor,
-    weights: torch.Tensor,
-    target: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Lagrangian terms of the per-expert constraint `sparsity_m ≥ τ`, weighted by the task's α.
-
-    Returns `(lagrangian, penalty)`: `Σ (s_m − τ)·λ_m·α_m` has gradient only to λ (descending it raises λ_m
-    while expert m is too dense); `Σ (τ − 1 + E[density_m])·stopgrad(λ_m)·α_m` has gradient only to the mask
-    logits through the expected-L0 density.
-    """
-    weights = weights.detach()
-    lagrangian = ((measured_sparsity.detach() - target) * multipliers * weights).sum()
-    penalty = ((target - 1.0 + expected_density) * multipliers.detach() * weights).sum()
-    return lagrangian, penalty
-
-
 def _functional_step(loss: torch.Tensor, params: list[torch.Tensor], lr: float, keep_graph: bool) -> list[torch.Tensor]:
     """One first-order SGD step `p − lr · stopgrad(∇p loss)`; with `keep_graph` the result still depends on `params`
     (identity path) and the loss's graph is kept for the outer backward."""
@@ -95,7 +78,7 @@ def smat_task_loss(
     model: nn.Module,
     episode: Episode,
     args: MetaTrainingArguments,
-    multipliers: torch.Tensor,
+    constraint: SparsityConstraint,
     features: Callable = default_features,
     autocast=None,
 ) -> TaskLoss:
@@ -106,7 +89,6 @@ def smat_task_loss(
     smat = model.base_model
     backbone = smat.model
     adapter = smat.active_adapters[0]
-    config = smat.peft_config[adapter]
     xs, ys, xq, yq = (episode.support_pixel_values, episode.support_labels, episode.query_pixel_values,
                       episode.query_labels)
     ways = int(ys.max()) + 1
@@ -155,14 +137,13 @@ def smat_task_loss(
             kd = distillation(student, pretrained, args.distillation_temperature, args.distillation_direction)
             loss = loss + args.distillation_weight * args.pretrained_distillation_share * kd
 
-        measured, expected = smat.expert_sparsity(adapter)
-        lagrangian, penalty = sparsity_losses(measured, expected, multipliers, route.weights, config.sparsity)
-        loss = loss + lagrangian + penalty + args.router_logit_penalty * route.logits.pow(2).mean()
+        expected = smat.expected_density(adapter)
+        loss = loss + constraint.loss(expected, route.weights)
+        loss = loss + args.router_logit_penalty * route.logits.pow(2).mean()
 
     metrics.update(
-        sparsity=measured.mean().item(),
-        min_expert_sparsity=measured.min().item(),
-        expected_density=expected.mean().item(),
+        train_mask_expected_density=expected.mean().item(),
+        max_expert_expected_density=expected.max().item(),
         router_entropy=-(route.weights * route.weights.clamp_min(1e-12).log()).sum().item(),
     )
     accuracy = (student.argmax(-1) == yq).float().mean().item()

@@ -13,8 +13,8 @@
 # limitations under the License.
 """`SmatMetaTrainer`: episodic meta-training of SMAT (or the dense PMF baseline) on Accelerate.
 
-The loop, per meta-update: set the router temperature and reset satisfied multipliers → for each of the update's
-tasks: sample an episode, seed, loss, backward → all-reduce gradients across processes → clip → step every
+The loop, per meta-update: anneal the router temperature → for each of the update's tasks: sample an episode, seed,
+loss (the sparsity constraint resets satisfied multipliers per task), backward → all-reduce gradients across processes → clip → step every
 optimizer and schedule → clip the mask logits → log, validate, checkpoint.
 
 Reproducibility: the episode stream is indexed globally (task `g` of update `u` on process `r` is
@@ -37,10 +37,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from ..diagnostics import mask_saturation
 from ..model import SmatModel
 from .arguments import MetaTrainingArguments
 from .episodes import EpisodeSampler
 from .evaluation import evaluate_episodes, summarize
+from .constraint import SparsityConstraint
 from .objective import protonet_task_loss, smat_task_loss
 
 
@@ -113,9 +115,10 @@ class SmatMetaTrainer:
         if self.is_smat:
             smat: SmatModel = self.model.base_model
             self.adapter_name = smat.active_adapters[0]
-            num_experts = smat.peft_config[self.adapter_name].num_experts
+            config = smat.peft_config[self.adapter_name]
             # λ, one Lagrange multiplier per expert
-            self.multipliers = nn.Parameter(torch.zeros(num_experts, device=self.accelerator.device))
+            self.constraint = SparsityConstraint(config.num_experts, config.sparsity, reset=args.sparsity_reset).to(
+                self.accelerator.device)
 
     # ------------------------------------------------------------------------------------------------------------
     # data
@@ -162,10 +165,12 @@ class SmatMetaTrainer:
                 raise ValueError("The SMAT adapter has no trainable parameters: load it with `is_trainable=True`.")
             self.optimizers["delta"] = torch.optim.SGD(deltas, lr=args.delta_lr, momentum=args.delta_momentum,
                                                        weight_decay=args.delta_weight_decay)
-            self.optimizers["mask"] = torch.optim.SGD(masks, lr=args.mask_lr)
-            self.optimizers["lagrangian"] = torch.optim.SGD([self.multipliers], lr=args.lagrangian_lr)
+            if masks:  # none with SmatConfig(train_masks=False)
+                self.optimizers["mask"] = torch.optim.SGD(masks, lr=args.mask_lr)
+                self.clip_groups["mask"] = (masks, args.mask_grad_clip)
+            self.optimizers["lagrangian"] = torch.optim.SGD(self.constraint.parameters(), lr=args.lagrangian_lr)
             self.optimizers["router"] = torch.optim.AdamW(adamw, lr=args.router_lr, weight_decay=args.router_weight_decay)
-            self.clip_groups = {"mask": (masks, args.mask_grad_clip), "router": (adamw, args.router_grad_clip)}
+            self.clip_groups["router"] = (adamw, args.router_grad_clip)
         else:
             params = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizers["dense"] = torch.optim.AdamW(params, lr=args.dense_lr, weight_decay=args.dense_weight_decay)
@@ -196,18 +201,13 @@ class SmatMetaTrainer:
         smat: SmatModel = self.model.base_model
         tasks_seen = update * self.accelerator.num_processes * self.args.tasks_per_update
         for router in smat.smat_router.values():
-            router.temperature.fill_(self.args.router_temperature(tasks_seen))
+            router.anneal_(tasks_seen, self.args.router_temperature_decay)
             router.update_spectral_norm()
-        if self.args.sparsity_reset:
-            with torch.no_grad():
-                measured = smat.measured_sparsity(self.adapter_name)
-                target = smat.peft_config[self.adapter_name].sparsity
-                self.multipliers[measured.to(self.multipliers.device) >= target] = 0.0
 
     def _task_loss(self, episode):
         autocast = self.accelerator.autocast
         if self.is_smat:
-            return smat_task_loss(self.model, episode, self.args, self.multipliers, autocast=autocast)
+            return smat_task_loss(self.model, episode, self.args, self.constraint, autocast=autocast)
         return protonet_task_loss(self.model, episode, self.args, autocast=autocast)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -215,8 +215,8 @@ class SmatMetaTrainer:
     def training_step(self, episodes: list) -> list[dict[str, float]]:
         """One meta-update over `episodes` (the update's tasks on this process); returns each task's metrics.
 
-        Sets the router temperature and resets satisfied multipliers, accumulates the tasks' gradients, averages
-        them across processes, clips, steps every optimizer and schedule, and clips the mask logits.
+        Anneals the router temperature, accumulates the tasks' gradients, averages them across processes, clips,
+        steps every optimizer and schedule, clips the mask logits and projects the multipliers to λ ≥ 0.
         """
         self._build_optimizers()
         update = self.global_step
@@ -237,16 +237,17 @@ class SmatMetaTrainer:
             task_logs.append({"loss": out.loss.item(), "query_loss": out.query_loss, "accuracy": out.query_accuracy,
                               **out.metrics, "step_time_s": time.perf_counter() - start})
         self._all_reduce_gradients()
-        for params, max_norm in self.clip_groups.values():
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        for name, (params, max_norm) in self.clip_groups.items():
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            for logs in task_logs:  # before clipping: does the clip bind?
+                logs[f"{name}_grad_norm"] = float(norm)
         for name, optimizer in self.optimizers.items():
             optimizer.step()
             self.schedulers[name].step()
             optimizer.zero_grad(set_to_none=True)
         if self.is_smat:
             self.model.base_model.clip_mask_logits_()
-            with torch.no_grad():
-                self.multipliers.clamp_(min=0.0)
+            self.constraint.project_()
         self.global_step += 1
         return task_logs
 
@@ -282,8 +283,11 @@ class SmatMetaTrainer:
             if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
                 logs = {k: sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in window[0]}
                 logs.update(step=self.global_step, elapsed_s=time.perf_counter() - start_time)
+                if self.is_smat:
+                    logs.update(self.expert_diagnostics())
                 self._log(logs)
-                progress.set_postfix({k: f"{logs[k]:.3f}" for k in ("loss", "accuracy", "sparsity") if k in logs})
+                progress.set_postfix({k: f"{logs[k]:.3f}" for k in ("loss", "accuracy", "train_mask_expected_density")
+                                      if k in logs})
                 window = []
             if args.eval_steps and self.global_step % args.eval_steps == 0:
                 self._validate()
@@ -297,6 +301,22 @@ class SmatMetaTrainer:
         self.accelerator.end_training()
         self._write_metrics()
         return self.history[-1] if self.history else {}
+
+    def expert_diagnostics(self) -> dict[str, Any]:
+        """Per expert: the share of mask logits at each clip bound, the training masks' expected density, λ; and
+        the router's training temperature (logged every `logging_steps`, see `smat_peft.diagnostics`)."""
+        smat: SmatModel = self.model.base_model
+        saturation = mask_saturation(smat, self.adapter_name)
+        with torch.no_grad():
+            density = smat.expected_density(self.adapter_name)
+        return {
+            "expert_mask_at_upper_clip": saturation["at_upper"],
+            "expert_mask_at_lower_clip": saturation["at_lower"],
+            "mask_saturated": sum(saturation["at_upper"] + saturation["at_lower"]) / len(saturation["at_upper"]),
+            "expert_train_mask_expected_density": density.tolist(),
+            "multipliers": self.constraint.multipliers.detach().cpu().tolist(),
+            "router_temperature": float(smat.smat_router[self.adapter_name].temperature),
+        }
 
     def _log(self, logs: dict[str, Any]) -> None:
         self.history.append(logs)
@@ -406,7 +426,7 @@ class SmatMetaTrainer:
             "history": self.history,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "multipliers": self.multipliers.detach().cpu() if self.is_smat else None,
+            "constraint": {k: v.detach().cpu() for k, v in self.constraint.state_dict().items()} if self.is_smat else None,
             "rng": {"torch": torch.get_rng_state()},
             "world_size": self.accelerator.num_processes,
             "tasks_per_update": self.args.tasks_per_update,
@@ -453,8 +473,7 @@ class SmatMetaTrainer:
         for name, scheduler in self.schedulers.items():
             scheduler.load_state_dict(state["schedulers"][name])
         if self.is_smat:
-            with torch.no_grad():
-                self.multipliers.copy_(state["multipliers"].to(self.multipliers.device))
+            self.constraint.load_state_dict(state["constraint"])
         torch.set_rng_state(state["rng"]["torch"])
         self.global_step = state["global_step"]
         self.best_metric = state["best_metric"]
