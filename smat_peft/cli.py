@@ -232,7 +232,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_demo(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .demo.benchmark import DemoArguments, format_domain_table, format_table
+    from .demo.benchmark import DemoArguments, format_comparisons, format_domain_table, format_table
     from .demo.benchmark import run_demo as run
 
     demo_args = DemoArguments(**{f.name: getattr(args, f.name) for f in fields(DemoArguments)})
@@ -248,6 +248,8 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
     _print("Average accuracy (%) over the ID and OOD domains:\n" + format_table(results))
     _print("\n5-way 5-shot, direct ProtoNet, per domain (± 95% CI):\n" + format_domain_table(results))
+    _print("\nSMAT minus each model, direct ProtoNet, paired per episode (points, 95% bootstrap CI):\n"
+           + format_comparisons(results))
     _print("\nClaims:\n" + "\n".join(f"  {k}: {v}" for k, v in results["claims"].items()))
     _print(f"\nWrote {demo_args.output_dir}/results.json, {demo_args.output_dir}/adapter and "
            f"{', '.join(results['plots'])} in {results['timings']['total_s'] / 60:.1f} min")

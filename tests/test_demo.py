@@ -193,7 +193,8 @@ def test_cap_images_per_class():
 
 def _fake_results() -> dict:
     def per_domain(offset):
-        return {d: {"mean": 50.0 + offset, "ci95": 2.0, "episodes": 10} for d in ("glyphs", "mnist")}
+        return {d: {"mean": 50.0 + offset, "ci95": 2.0, "episodes": 4, "scores": [50.0 + offset + e for e in (-3, -1, 1, 3)]}
+                for d in ("glyphs", "mnist")}
 
     models = {m: {"direct": {s: per_domain(k) for s in benchmark.SETTINGS}} for k, m in enumerate(benchmark.MODELS)}
     report = {"target": 0.9, "per_expert": [{"expert": m, "eval_mask_sparsity": 0.9, "train_mask_expected_density": 0.1}
@@ -208,8 +209,9 @@ def _fake_results() -> dict:
                    "specialisation": {"score": 0.1, "ci95": [0.05, 0.15], "trained_spread": 0.3, "untrained_spread": 0.2},
                    "mask_saturation": {"at_upper": [0.05, 0.05], "at_lower": [0.8, 0.85]},
                    "eval_mask_overlap": {"mean_jaccard": 0.1, "mean_independent_baseline": 0.05}}
-    return {"settings": benchmark.SETTINGS, "models": models, "train_domains": ["glyphs"], "sparsity": report,
-            "diagnostics": diagnostics, "training": {"smat": {"history": history}}}
+    return {"settings": benchmark.SETTINGS, "models": models, "train_domains": ["glyphs"], "ood_domains": ["mnist"],
+            "sparsity": report, "diagnostics": diagnostics, "training": {"smat": {"history": history}},
+            "arguments": {"seed": 0}}
 
 
 def test_plots_and_tables(tmp_path):
@@ -226,8 +228,15 @@ def test_plots_and_tables(tmp_path):
     assert "| smat | direct | 54.0 | 54.0 |" in table
     assert "| mnist (OOD) | 50.0 ± 2.0 | 51.0 ± 2.0 | 52.0 ± 2.0 | 53.0 ± 2.0 | 54.0 ± 2.0 |" in \
         benchmark.format_domain_table(results)
+    results["comparisons"] = benchmark.comparisons(results)
+    pmf = next(c for c in results["comparisons"] if c["baseline"] == "pmf" and c["group"] == "ood"
+               and c["setting"] == "5w5s")
+    assert pmf["difference"] == pytest.approx(3.0) and pmf["ci95"] == pytest.approx([3.0, 3.0]) and pmf["claim"] == "win"
+    assert len(results["comparisons"]) == 4 * 3 * 2  # every other model, setting, ID and OOD
     claims = benchmark.claims(results)
-    assert claims["smat_minus_pmf_ood_5w5s"] == 3.0 and claims["smat_minus_random_mask_id_5w1s"] == 1.0
+    assert claims["smat_vs_pmf_ood_5w5s"].startswith("win (+3.0 points")
+    assert claims["smat_vs_random_mask_id_5w1s"].startswith("win (+1.0")
+    assert "| pmf | 5w5s | +3.0 [+3.0, +3.0] win | +3.0 [+3.0, +3.0] win |" in benchmark.format_comparisons(results)
     assert claims["experts_specialise"] and claims["specialisation_score_ci95"] == [0.05, 0.15]
     assert claims["mask_logits_saturated"] == pytest.approx(0.875) and claims["max_train_mask_density_gap"] == 0.0
     sweep = {"pretrained": {s: {"id": 50.0, "ood": 40.0} for s in ("5w5s",)},

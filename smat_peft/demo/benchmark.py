@@ -66,6 +66,7 @@ from ..model import SmatModel
 from ..training import MetaTrainingArguments, SmatMetaTrainer
 from ..training.trainer import _atomic_write_text
 from ..training.evaluation import evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate
+from ..training.statistics import paired_difference
 from . import assets
 from .prefix import CachedEpisodeSampler, cached_prefix_activations, skip_frozen_prefix
 
@@ -379,12 +380,14 @@ def test_sampler(sampler_class: type, domains: dict, domain: str, setting: str, 
 
 
 def evaluate_model(model: nn.Module, name: str, training_args: MetaTrainingArguments, domains: dict,
-                   sampler_class: type, args: DemoArguments, modes: tuple[str, ...]) -> dict[str, Any]:
-    """`{mode: {setting: {domain: {mean, ci95, episodes[, lr]}}}}` for one model."""
+                   sampler_class: type, args: DemoArguments, modes: tuple[str, ...],
+                   settings: Optional[list[str]] = None) -> dict[str, Any]:
+    """`{mode: {setting: {domain: {mean, ci95, episodes[, lr]}}}}` for one model (direct mode in `settings`,
+    default all of `SETTINGS`)."""
     results: dict[str, Any] = {}
     is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
     features: dict = {}  # a frozen model embeds each test image once, across settings
-    for setting in SETTINGS:
+    for setting in settings or list(SETTINGS):
         for domain in domains:
             sampler = test_sampler(sampler_class, domains, domain, setting, args, args.test_episodes)
             if is_smat:
@@ -460,16 +463,34 @@ def expert_diagnostics(model: nn.Module, domains: dict, sampler_class: type, arg
     }
 
 
+def comparisons(results: dict[str, Any], method: str = "smat", mode: str = "direct") -> list[dict[str, Any]]:
+    """`method` against every other model, per setting, ID and OOD: the paired per-episode difference of accuracy
+    (points) with its bootstrap 95% CI and the claim (win / tie / loss), see `training.statistics`."""
+    out = []
+    models = results["models"]
+    groups = {"id": results["train_domains"], "ood": results["ood_domains"]}
+    for other in [m for m in MODELS if m in models and m != method]:
+        for setting in results["settings"]:
+            for group, names in groups.items():
+                names = [d for d in names if d in models[method][mode].get(setting, {})]
+                if not names or setting not in models[other].get(mode, {}):
+                    continue
+                a = [[models[method][mode][setting][d]["scores"]] for d in names]
+                b = [[models[other][mode][setting][d]["scores"]] for d in names]
+                entry = paired_difference(a, b, seed=results["arguments"]["seed"])
+                out.append({"method": method, "baseline": other, "setting": setting, "group": group, "mode": mode,
+                            **entry})
+    return out
+
+
 def claims(results: dict[str, Any]) -> dict[str, Any]:
-    """What the run shows, each measured (average accuracy, direct ProtoNet, per setting, ID and OOD)."""
-    s = results["summary"]
-    get = lambda model, key, setting: s[model]["direct"][setting].get(key)  # noqa: E731
+    """What the run shows: each paired comparison of SMAT as win / tie / loss with the difference and its CI, and
+    the expert diagnostics."""
     out: dict[str, Any] = {}
-    for setting in SETTINGS:
-        for key in ("id", "ood"):
-            for other in ("pretrained", "pmf", "dense_expert", "random_mask"):
-                if other in s:
-                    out[f"smat_minus_{other}_{key}_{setting}"] = round(get("smat", key, setting) - get(other, key, setting), 2)
+    for entry in results["comparisons"]:
+        low, high = entry["ci95"]
+        out[f"smat_vs_{entry['baseline']}_{entry['group']}_{entry['setting']}"] = (
+            f"{entry['claim']} ({entry['difference']:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}])")
     diagnostics = results["diagnostics"]
     score = diagnostics["specialisation"]
     out["specialisation_score"] = round(score["score"], 4)
@@ -559,6 +580,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         del model
 
     results["summary"] = {name: summarize_model(r, args, domains) for name, r in results["models"].items()}
+    results["comparisons"] = comparisons(results)
     results["claims"] = claims(results)
     timings["total_s"] = time.perf_counter() - start
     results["timings"] = timings
@@ -626,4 +648,17 @@ def format_domain_table(results: dict[str, Any], setting: str = "5w5s", mode: st
         cells = [f"{results['models'][m][mode][setting][domain]['mean']:.1f} ± "
                  f"{results['models'][m][mode][setting][domain]['ci95']:.1f}" for m in models]
         lines.append(f"| {domain} ({tag}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_comparisons(results: dict[str, Any]) -> str:
+    """Markdown: SMAT minus each model, paired per episode (points, 95% bootstrap CI, claim), ID and OOD."""
+    lines = ["| SMAT vs | setting | ID | OOD |", "|---|---|---|---|"]
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for entry in results["comparisons"]:
+        low, high = entry["ci95"]
+        cells.setdefault((entry["baseline"], entry["setting"]), {})[entry["group"]] = (
+            f"{entry['difference']:+.1f} [{low:+.1f}, {high:+.1f}] {entry['claim']}")
+    for (baseline, setting), groups in cells.items():
+        lines.append(f"| {baseline} | {setting} | {groups.get('id', '–')} | {groups.get('ood', '–')} |")
     return "\n".join(lines)

@@ -40,12 +40,14 @@ from .arguments import MetaTrainingArguments
 from .heads import class_prototypes, cosine_logits
 
 
-def mean_ci95(values: list[float]) -> dict[str, float]:
-    """Mean and 95% confidence half-width (1.96 · std / √n), in percent."""
+def mean_ci95(values: list[float]) -> dict[str, Any]:
+    """Mean and 95% confidence half-width (1.96 · std / √n), in percent; with the per-episode `scores` (percent, in
+    episode order) for paired comparisons between models tested on the same episodes."""
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": 100.0 * mean, "ci95": 100.0 * 1.96 * std / math.sqrt(n), "episodes": n}
+    return {"mean": 100.0 * mean, "ci95": 100.0 * 1.96 * std / math.sqrt(n), "episodes": n,
+            "scores": [100.0 * v for v in values]}
 
 
 def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
