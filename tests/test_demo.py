@@ -119,12 +119,17 @@ def test_every_method_adapts_the_same_parameters():
     expected = set(benchmark.adapted_parameter_names(backbone, 1))
     assert expected and all(n.startswith(("encoder.layer.1.", "encoder.layer.2.", "layernorm.")) for n in expected)
     assert any("norm1" in n for n in expected) and any("lambda1" in n for n in expected)  # norms, layer-scales
-    pmf = benchmark.build_model("pmf", backbone, args, 0.9)
-    assert {n for n, p in pmf.named_parameters() if p.requires_grad} == expected
-    for method in benchmark.SMAT_FAMILY:
-        model = benchmark.build_model(method, backbone, args, 0.9)
-        adapted = {f"{name}.{p}" for name, layer in model.base_model.smat_layers() for p in layer.param_names}
-        assert adapted == expected, method
+    linears = set(benchmark.adapted_parameter_names(backbone, 1, coverage="linears"))
+    assert linears < expected and all(n.rsplit(".", 2)[-2] in {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}
+                                      for n in linears)
+    for coverage, names in (("all", expected), ("linears", linears)):
+        args = benchmark.DemoArguments(frozen_layers=1, num_experts=4, coverage=coverage)
+        pmf = benchmark.build_model("pmf", backbone, args, 0.9)
+        assert {n for n, p in pmf.named_parameters() if p.requires_grad} == names
+        for method in benchmark.SMAT_FAMILY:
+            model = benchmark.build_model(method, backbone, args, 0.9)
+            adapted = {f"{name}.{p}" for name, layer in model.base_model.smat_layers() for p in layer.param_names}
+            assert adapted == names, (method, coverage)
 
 
 def test_controls_are_smat_adapters_with_one_fixed_mask():
@@ -210,7 +215,7 @@ def _fake_results() -> dict:
                    "mask_saturation": {"at_upper": [0.05, 0.05], "at_lower": [0.8, 0.85]},
                    "eval_mask_overlap": {"mean_jaccard": 0.1, "mean_independent_baseline": 0.05}}
     return {"settings": benchmark.SETTINGS, "models": models, "train_domains": ["glyphs"], "ood_domains": ["mnist"],
-            "sparsity": report, "diagnostics": diagnostics, "training": {"smat": {"history": history}},
+            "sparsity": report, "diagnostics": diagnostics, "training": {"smat": {"0": {"history": history}}},
             "arguments": {"seed": 0}}
 
 
@@ -264,9 +269,99 @@ def test_demo_quick_end_to_end(tmp_path):
     for entry in results["sparsity"]["per_expert"]:
         assert 0.0 <= entry["eval_mask_sparsity"] <= 1.0 and 0.0 < entry["train_mask_expected_density"] < 1.0
     assert set(results["diagnostics"]["specialisation"]) >= {"score", "ci95", "trained_spread", "untrained_spread"}
-    assert results["training"]["smat"]["history"] and results["claims"]["specialisation_score_ci95"]
+    assert results["training"]["smat"]["0"]["history"] and results["claims"]["specialisation_score_ci95"]
     for name in ("pmf", "dense_expert", "random_mask", "smat"):
-        assert results["training"][name]["lr_search"]
+        assert results["training"][name]["0"]["lr_search"]
+        assert (out / "runs" / name / "seed-0" / "result.json").exists()
+    assert (out / "runs" / "pmf" / "seed-0" / "pmf_weights.safetensors").exists()
+    assert (out / "runs" / "smat" / "seed-0" / "adapter" / "adapter_config.json").exists()
     for name in ("sparsity.png", "expert_weights.png", "experts.png", "accuracy.png"):
         assert (out / name).stat().st_size > 1000
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_average_over_seeds_pairs_episodes():
+    per_seed = {s: {"direct": {"5w5s": {"a": {"mean": m, "ci95": 0.0, "episodes": 2, "scores": scores}}}}
+                for s, m, scores in (("0", 50.0, [40.0, 60.0]), ("1", 70.0, [60.0, 80.0]))}
+    entry = benchmark.average_over_seeds(per_seed)["direct"]["5w5s"]["a"]
+    assert entry["scores"] == pytest.approx([50.0, 70.0]) and entry["mean"] == pytest.approx(60.0)
+    assert entry["seeds"] == 2 and entry["seed_means"] == [50.0, 70.0]
+
+
+def test_profiles_seeds_and_bad_values():
+    full = benchmark.DemoArguments(profile="full")
+    assert full.training_seeds == [0, 1, 2] and full.test_episodes >= 100 and full.variable_test_episodes >= 50
+    assert 0.0 in full.finetune_lr_grid and len(full.finetune_lr_grid) >= 6 and full.finetune_steps == 50
+    assert full.finetune_search_episodes >= 5
+    assert benchmark.DemoArguments(profile="full", test_episodes=7).test_episodes == 7  # a flag beats the profile
+    with pytest.raises(ValueError, match="profile"):
+        benchmark.DemoArguments(profile="huge")
+    with pytest.raises(ValueError, match="training_seeds"):
+        benchmark.DemoArguments(training_seeds=[0, 0])
+    with pytest.raises(ValueError, match="including 0"):
+        benchmark.DemoArguments(finetune_lr_grid=[1e-4, 1e-3])
+    with pytest.raises(ValueError, match="test_episodes"):
+        benchmark.DemoArguments(test_episodes=0)
+    with pytest.raises(ValueError, match="coverage"):
+        benchmark.DemoArguments(coverage="norms")
+
+
+def test_run_fingerprint_tracks_what_a_run_computes():
+    args = benchmark.DemoArguments()
+    same = benchmark.DemoArguments(output_dir="elsewhere", training_seeds=[0, 1], disable_tqdm=True,
+                                   pmf_lr=[1e-5])  # other output, seeds, another method's lr
+    assert benchmark.run_fingerprint(args, "smat", 0) == benchmark.run_fingerprint(same, "smat", 0)
+    assert benchmark.run_fingerprint(args, "smat", 0) != benchmark.run_fingerprint(args, "smat", 1)
+    assert benchmark.run_fingerprint(args, "smat", 0) != benchmark.run_fingerprint(
+        benchmark.DemoArguments(steps=41), "smat", 0)
+    assert benchmark.run_fingerprint(args, "pmf", 0) != benchmark.run_fingerprint(same, "pmf", 0)
+
+
+def test_an_interrupted_demo_resumes_and_redoes_only_what_is_missing_or_corrupt(tmp_path, monkeypatch):
+    calls = []
+
+    def evaluated(method):
+        scores = [50.0 + len(method), 60.0]
+        return {"direct": {s: {d: {"mean": 55.0, "ci95": 1.0, "episodes": 2, "scores": scores}
+                               for d in ("glyphs", "mnist")} for s in benchmark.SETTINGS}}
+
+    class FakeSmat:
+        def sparsity_report(self):
+            return {"target": 0.9, "per_expert": [{"expert": 0, "eval_mask_sparsity": 0.9,
+                                                   "train_mask_expected_density": 0.1}]}
+
+    class FakeModel:
+        base_model = FakeSmat()
+
+    def train_method(method, backbone, args, out, train, sampler_class, training_seed=None, sparsity=None):
+        calls.append((method, training_seed))
+        return FakeModel(), None, {"lr": 1.0, "lr_search": {"1": 0.5}}
+
+    def save(method, model, directory, args):
+        (directory / "adapter").mkdir(parents=True, exist_ok=True)
+        (directory / "adapter" / "adapter_config.json").write_text("{}")
+        return str(directory)
+
+    diagnostics = {"specialisation": {"score": 0.0, "ci95": [-0.1, 0.1]},
+                   "mask_saturation": {"at_upper": [0.0], "at_lower": [0.0]},
+                   "eval_mask_overlap": {"mean_jaccard": 0.1, "mean_independent_baseline": 0.1}}
+    monkeypatch.setattr(benchmark, "prepare", lambda args: ({"glyphs": None, "mnist": None}, None, None, "dir"))
+    monkeypatch.setattr(benchmark, "adapted_parameter_names", lambda *a, **k: ["w"])
+    monkeypatch.setattr(benchmark, "train_method", train_method)
+    monkeypatch.setattr(benchmark, "evaluate_model", lambda model, name, *a, **k: evaluated(name))
+    monkeypatch.setattr(benchmark, "expert_diagnostics", lambda *a, **k: diagnostics)
+    monkeypatch.setattr(benchmark, "_save_trained_model", save)
+    monkeypatch.setattr(plots, "plot_all", lambda results, out: [])
+    args = benchmark.DemoArguments(output_dir=str(tmp_path), train_domains=["glyphs"], ood_domains=["mnist"],
+                                   training_seeds=[0, 1], disable_tqdm=True)
+    first = benchmark.run_demo(args)
+    assert sorted(calls) == sorted((m, s) for m in benchmark.TRAINED for s in (0, 1))
+    assert first["models"]["smat"]["direct"]["5w5s"]["glyphs"]["seeds"] == 2
+    assert {c["claim"] for c in first["comparisons"]} <= {"win", "tie", "loss"}
+
+    calls.clear()
+    (tmp_path / "runs" / "pmf" / "seed-1" / "result.json").write_text("{ truncated")  # a corrupt partial result
+    (tmp_path / "runs" / "smat" / "seed-0" / "result.json").unlink()  # killed before it was written
+    second = benchmark.run_demo(args)
+    assert sorted(calls) == [("pmf", 1), ("smat", 0)]
+    assert second["summary"] == first["summary"]

@@ -49,9 +49,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,10 +62,12 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import SmatConfig, get_smat_model
 from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, specialisation_score
 from ..model import SmatModel
+from ..targets import DEFAULT_TARGET_MODULES
 from ..training import MetaTrainingArguments, SmatMetaTrainer
 from ..training.trainer import _atomic_write_text
 from ..training.evaluation import evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate
@@ -104,6 +109,22 @@ QUICK = {
 }
 
 
+# `--profile full`: the evidence run (seeds, episode counts, fine-tuning grid); set where a flag was left at default
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "full": {
+        "training_seeds": [0, 1, 2],
+        "test_episodes": 100,
+        "variable_test_episodes": 50,
+        "finetune_episodes": 20,
+        "finetune_steps": 50,
+        "finetune_search_episodes": 5,
+        "finetune_lr_grid": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
+        "diagnostic_episodes": 50,
+    },
+}
+
+
 @dataclass
 class DemoArguments:
     """Arguments of `smat-peft demo`; `--help` lists them. Defaults fit about 20 minutes on 2 CPU cores.
@@ -121,6 +142,12 @@ class DemoArguments:
 
     output_dir: str = field(default="smat-demo", metadata={"help": "Where results.json, the adapter and plots go."})
     quick: bool = field(default=False, metadata={"help": "A ~3-minute smoke run: 2+2 domains, few steps and episodes."})
+    profile: str = field(default="default", metadata={
+        "help": "'default' (one seed, ~20 minutes) or 'full' (3 training seeds, 100 test episodes per domain and "
+                "setting, fine-tuning with a 6-value lr grid and 50 steps; resumable). Flags beat the profile."})
+    training_seeds: list[int] = field(default_factory=lambda: [0], metadata={
+        "help": "Seeds of every trained method's initialisation and training episodes; test episodes are the same "
+                "for all (from --seed)."})
     cache_dir: Optional[str] = field(
         default=None, metadata={"help": "Asset cache (default $SMAT_PEFT_CACHE or ~/.cache/smat_peft)."}
     )
@@ -131,7 +158,12 @@ class DemoArguments:
     image_size: int = field(default=56, metadata={"help": "Image side in pixels (a multiple of 14)."})
     frozen_layers: int = field(default=8, metadata={"help": "First ViT blocks kept frozen (run once per image)."})
     max_images_per_class: int = field(default=100, metadata={"help": "Cap on images per class (MNIST has 7000)."})
+    coverage: str = field(default="all", metadata={
+        "help": "What every method adapts after the frozen prefix: 'all' parameters (norms, layer-scales, biases; "
+                "the method) or the attention and MLP 'linears' only (an ablation)."})
     num_experts: int = field(default=8, metadata={"help": "SMAT experts M."})
+    router_test_temperature: float = field(default=0.5, metadata={
+        "help": "SMAT's router temperature at test time (saved with the adapter; the training schedule ends there)."})
     sparsity: float = field(default=0.9, metadata={"help": "SMAT sparsity target τ (and the random-mask control's)."})
     steps: int = field(default=40, metadata={"help": "Meta-updates of every trained method (one budget for all)."})
     pmf_lr: list[float] = field(default_factory=lambda: [2e-5], metadata={
@@ -156,17 +188,21 @@ class DemoArguments:
     eval_steps: int = field(default=10, metadata={"help": "Validate (early stopping) every N updates."})
     eval_episodes: int = field(default=8, metadata={"help": "Validation episodes per training domain."})
     test_episodes: int = field(default=25, metadata={"help": "Test episodes per domain and setting (direct mode)."})
+    variable_test_episodes: Optional[int] = field(default=None, metadata={
+        "help": "Test episodes per domain of the variable-way setting (default: --test_episodes)."})
     finetune_episodes: int = field(default=3, metadata={"help": "Test episodes per domain of the fine-tuning modes."})
     finetune_steps: int = field(default=5, metadata={"help": "Fine-tuning steps on the support set."})
     finetune_search_episodes: int = field(
         default=1, metadata={"help": "Validation episodes per training domain scoring each fine-tuning lr."}
     )
+    finetune_lr_grid: list[float] = field(default_factory=lambda: [0.0, 1e-5, 1e-4], metadata={
+        "help": "Fine-tuning learning rates searched on validation episodes (must include 0)."})
     sweep_sparsity: list[str] = field(
         default_factory=list,
         metadata={"help": "Instead of the benchmark, train SMAT at each of these τ (`0.5,0.8,0.9,0.95` or "
                   "`0.5 0.8 0.9 0.95`) and plot the ID/OOD trade-off."},
     )
-    seed: int = field(default=0, metadata={"help": "Seed of class splits, episodes and initialisation."})
+    seed: int = field(default=0, metadata={"help": "Seed of the class splits and of the validation and test episodes."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
     def __post_init__(self) -> None:
@@ -176,12 +212,27 @@ class DemoArguments:
             if not grid or any(not lr > 0 for lr in grid) or len(set(grid)) != len(grid):
                 raise ValueError(f"`{name}` must be one or more distinct positive learning rates, got {grid}.")
             setattr(self, name, grid)
-        if self.quick:
-            defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                        for f in dataclasses.fields(self)}
-            for name, value in QUICK.items():
+        if self.profile not in PROFILES:
+            raise ValueError(f"Unknown `profile` {self.profile!r}; choose from {list(PROFILES)}.")
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(self)}
+        for preset in (PROFILES[self.profile], QUICK if self.quick else {}):
+            for name, value in preset.items():
                 if getattr(self, name) == defaults[name]:
                     setattr(self, name, value)
+        self.training_seeds = [int(v) for v in _numbers("training_seeds", self.training_seeds)]
+        if not self.training_seeds or len(set(self.training_seeds)) != len(self.training_seeds):
+            raise ValueError(f"`training_seeds` must be distinct seeds, got {self.training_seeds}.")
+        self.finetune_lr_grid = _numbers("finetune_lr_grid", self.finetune_lr_grid)
+        if 0.0 not in self.finetune_lr_grid or any(lr < 0 for lr in self.finetune_lr_grid):
+            raise ValueError(f"`finetune_lr_grid` must hold non-negative learning rates including 0 (no fine-tuning), "
+                             f"got {self.finetune_lr_grid}.")
+        if self.coverage not in COVERAGES:
+            raise ValueError(f"`coverage` must be one of {COVERAGES}, got {self.coverage!r}.")
+        if not self.router_test_temperature > 0:
+            raise ValueError(f"`router_test_temperature` must be > 0, got {self.router_test_temperature}.")
+        if self.variable_test_episodes is not None and self.variable_test_episodes < 1:
+            raise ValueError(f"`variable_test_episodes` must be >= 1, got {self.variable_test_episodes}.")
         unknown = [d for d in self.train_domains + self.ood_domains if d not in assets.DOMAINS]
         if unknown:
             raise ValueError(f"Unknown domain(s) {unknown}; choose from {list(assets.DOMAINS)}.")
@@ -199,6 +250,7 @@ class DemoArguments:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
 
 
+COVERAGES = ("all", "linears")
 # each trained method's searched learning rate
 LR_FIELDS = {"pmf": "pmf_lr", "dense_expert": "dense_expert_delta_lr", "random_mask": "random_mask_delta_lr",
              "smat": "smat_delta_lr"}
@@ -247,41 +299,51 @@ def load_demo_domains(args: DemoArguments) -> dict[str, Any]:
 # models and training
 
 
-def training_arguments(args: DemoArguments, output_dir: str, **overrides: Any) -> MetaTrainingArguments:
+def training_arguments(args: DemoArguments, output_dir: str, training_seed: Optional[int] = None,
+                       **overrides: Any) -> MetaTrainingArguments:
     """The meta-training arguments shared by every trained method: 5-way 5-shot 5-query, early stopping."""
     tasks = args.steps * args.tasks_per_update
     values = dict(
-        output_dir=output_dir, seed=args.seed, split_seed=args.seed, image_size=args.image_size, ways=5, shots=5,
+        output_dir=output_dir, seed=args.training_seeds[0] if training_seed is None else training_seed,
+        split_seed=args.seed, image_size=args.image_size, ways=5, shots=5,
         queries=5, augment=False, max_steps=args.steps, tasks_per_update=args.tasks_per_update,
         warmup_steps=max(1, args.steps // 10), lr_schedule="constant", eval_steps=args.eval_steps,
         eval_episodes=args.eval_episodes, load_best_model_at_end=True, save_steps=0, save_total_limit=1,
         logging_steps=max(1, args.steps // 20), disable_tqdm=args.disable_tqdm, use_cpu=not torch.cuda.is_available(),
-        # anneal the router temperature from 5 to its test value 0.5 over the run, as the paper does over 50k tasks
-        router_temperature_decay=4.5 / max(1, tasks), dense_weight_decay=0.0, finetune_augment=False,
+        # anneal the router temperature from 5 to its test value over the run, as the paper does over 50k tasks
+        router_temperature_decay=(SmatConfig.router_temperature - args.router_test_temperature) / max(1, tasks),
+        dense_weight_decay=0.0, finetune_augment=False,
         # a run of a hundred tasks, not 50k: λ needs a larger step to move the masks to τ within it, the router one
         # to specialise at all (docs/demo.md); δ's learning rate is searched per method
         mask_lr=args.mask_lr, mask_grad_clip=args.mask_grad_clip, lagrangian_lr=args.lagrangian_lr,
-        router_lr=args.router_lr, finetune_steps=args.finetune_steps, finetune_lr_grid=[0.0, 1e-5, 1e-4],
+        router_lr=args.router_lr, finetune_steps=args.finetune_steps, finetune_lr_grid=args.finetune_lr_grid,
     )
     values.update(overrides)
     return MetaTrainingArguments(**values)
 
 
-def adapted_parameter_names(backbone: nn.Module, frozen_layers: int) -> list[str]:
+def adapted_parameter_names(backbone: nn.Module, frozen_layers: int, coverage: str = "all") -> list[str]:
     """What every method adapts: all parameters of the blocks after the frozen prefix and of the final norm.
 
-    Norms, layer-scales and biases included (the method adapts every parameter). PMF trains exactly these, and
-    the SMAT adapters of SMAT and both controls target exactly their modules.
+    Norms, layer-scales and biases included (the method adapts every parameter); `coverage="linears"` keeps only
+    the attention and MLP linears (the ablation). PMF trains exactly these, and the SMAT adapters of SMAT and both
+    controls target exactly their modules.
     """
+    if coverage not in COVERAGES:
+        raise ValueError(f"`coverage` must be one of {COVERAGES}, got {coverage!r}.")
     blocks = dict(backbone.named_modules())["encoder.layer"]
     prefixes = tuple(f"encoder.layer.{i}." for i in range(frozen_layers, len(blocks)))
     names = [n for n, _ in backbone.named_parameters() if n.startswith(prefixes) or not n.startswith("encoder.")]
-    return [n for n in names if not n.startswith(("embeddings.", "pooler."))]
+    names = [n for n in names if not n.startswith(("embeddings.", "pooler."))]
+    if coverage == "linears":
+        linears = set(DEFAULT_TARGET_MODULES[backbone.config.model_type])
+        names = [n for n in names if n.rsplit(".", 2)[-2] in linears]
+    return names
 
 
-def adapted_module_names(backbone: nn.Module, frozen_layers: int) -> list[str]:
+def adapted_module_names(backbone: nn.Module, frozen_layers: int, coverage: str = "all") -> list[str]:
     """The modules owning [`adapted_parameter_names`]."""
-    owners = {name.rsplit(".", 1)[0] for name in adapted_parameter_names(backbone, frozen_layers)}
+    owners = {name.rsplit(".", 1)[0] for name in adapted_parameter_names(backbone, frozen_layers, coverage)}
     return sorted(owners)
 
 
@@ -292,7 +354,7 @@ def smat_config(args: DemoArguments, backbone: nn.Module, sparsity: float, metho
     `--mask_init_at_target`, the training masks' expected density at `1 − τ` from the start). `dense_expert`: one
     expert whose mask is fixed at 1. `random_mask`: one expert whose mask is a fixed random binary mask at τ.
     """
-    modules = adapted_module_names(backbone, args.frozen_layers)
+    modules = adapted_module_names(backbone, args.frozen_layers, args.coverage)
     target = "|".join(re.escape(name) for name in modules)  # exact names: loads onto the full Dinov2Model too
     if method == "dense_expert":
         return SmatConfig(num_experts=1, sparsity=0.0, target_modules=target, mask_init="dense", train_masks=False,
@@ -301,7 +363,7 @@ def smat_config(args: DemoArguments, backbone: nn.Module, sparsity: float, metho
         return SmatConfig(num_experts=1, sparsity=sparsity, target_modules=target, mask_init="random_binary",
                           train_masks=False, mask_noise=False)
     config = SmatConfig(num_experts=args.num_experts, sparsity=sparsity, target_modules=target,
-                        mask_noise=args.mask_noise)
+                        mask_noise=args.mask_noise, router_test_temperature=args.router_test_temperature)
     if args.mask_init_at_target:
         # the median element's P(z ≠ 0) = σ(μ − β·log(−γ/ζ)) at 1 − τ
         shift = config.hard_concrete_beta * math.log(-config.hard_concrete_gamma / config.hard_concrete_zeta)
@@ -309,12 +371,13 @@ def smat_config(args: DemoArguments, backbone: nn.Module, sparsity: float, metho
     return config
 
 
-def build_model(method: str, backbone: nn.Module, args: DemoArguments, sparsity: float) -> nn.Module:
+def build_model(method: str, backbone: nn.Module, args: DemoArguments, sparsity: float,
+                training_seed: Optional[int] = None) -> nn.Module:
     """A fresh trainable copy of the backbone for `method` (seeded: the same initialisation for every lr)."""
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.training_seeds[0] if training_seed is None else training_seed)
     model = copy.deepcopy(backbone)
     if method == "pmf":
-        adapted = set(adapted_parameter_names(model, args.frozen_layers))
+        adapted = set(adapted_parameter_names(model, args.frozen_layers, args.coverage))
         for name, param in model.named_parameters():
             param.requires_grad_(name in adapted)
         return model
@@ -322,21 +385,23 @@ def build_model(method: str, backbone: nn.Module, args: DemoArguments, sparsity:
 
 
 def train_method(method: str, backbone: nn.Module, args: DemoArguments, out: Path, train: dict, sampler_class: type,
-                 sparsity: Optional[float] = None) -> tuple[nn.Module, MetaTrainingArguments, dict[str, Any]]:
+                 sparsity: Optional[float] = None, training_seed: Optional[int] = None
+                 ) -> tuple[nn.Module, MetaTrainingArguments, dict[str, Any]]:
     """Train `method` at every learning rate of its grid; keep the one with the best validation accuracy.
 
     Returns the model, its training arguments and a record: chosen lr, the search, the kept (early-stopped) update,
     the validation history, wall time and, for SMAT adapters, the trainer's expert diagnostics over time.
     """
     sparsity = args.sparsity if sparsity is None else sparsity
+    seed = args.training_seeds[0] if training_seed is None else training_seed
     grid = getattr(args, LR_FIELDS[method])
     best = None
     search: dict[str, Any] = {}
     for lr in grid:
-        model = build_model(method, backbone, args, sparsity)
-        run_dir = out / "runs" / (method if len(grid) == 1 else f"{method}-lr{lr:g}")
+        model = build_model(method, backbone, args, sparsity, seed)
+        run_dir = out / "runs" / method / f"seed-{seed}" / ("train" if len(grid) == 1 else f"lr-{lr:g}")
         lr_field = "dense_lr" if method == "pmf" else "delta_lr"
-        training_args = training_arguments(args, str(run_dir), **{lr_field: lr})
+        training_args = training_arguments(args, str(run_dir), seed, **{lr_field: lr})
         trainer = SmatMetaTrainer(model, training_args, train_datasets=train, sampler_class=sampler_class)
         start = time.perf_counter()
         trainer.train()
@@ -388,8 +453,10 @@ def evaluate_model(model: nn.Module, name: str, training_args: MetaTrainingArgum
     is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
     features: dict = {}  # a frozen model embeds each test image once, across settings
     for setting in settings or list(SETTINGS):
+        episodes = args.variable_test_episodes if setting == "variable" and args.variable_test_episodes else \
+            args.test_episodes
         for domain in domains:
-            sampler = test_sampler(sampler_class, domains, domain, setting, args, args.test_episodes)
+            sampler = test_sampler(sampler_class, domains, domain, setting, args, episodes)
             if is_smat:
                 out = evaluate_episodes(model, sampler, training_args, modes=("direct",), is_smat=True,
                                         disable_tqdm=args.disable_tqdm, description=f"{name} {setting} {domain}")
@@ -467,16 +534,21 @@ def comparisons(results: dict[str, Any], method: str = "smat", mode: str = "dire
     """`method` against every other model, per setting, ID and OOD: the paired per-episode difference of accuracy
     (points) with its bootstrap 95% CI and the claim (win / tie / loss), see `training.statistics`."""
     out = []
-    models = results["models"]
+    per_seed = results.get("per_seed") or {m: {"0": r} for m, r in results["models"].items()}
     groups = {"id": results["train_domains"], "ood": results["ood_domains"]}
-    for other in [m for m in MODELS if m in models and m != method]:
+
+    def table(model: str, setting: str, domain: str) -> list[list[float]]:  # [seeds][episodes]
+        return [r[mode][setting][domain]["scores"] for r in per_seed[model].values()]
+
+    reference = next(iter(per_seed[method].values()))
+    for other in [m for m in MODELS if m in per_seed and m != method]:
         for setting in results["settings"]:
             for group, names in groups.items():
-                names = [d for d in names if d in models[method][mode].get(setting, {})]
-                if not names or setting not in models[other].get(mode, {}):
+                names = [d for d in names if d in reference[mode].get(setting, {})]
+                if not names or setting not in next(iter(per_seed[other].values())).get(mode, {}):
                     continue
-                a = [[models[method][mode][setting][d]["scores"]] for d in names]
-                b = [[models[other][mode][setting][d]["scores"]] for d in names]
+                a = [table(method, setting, d) for d in names]
+                b = [table(other, setting, d) for d in names]
                 entry = paired_difference(a, b, seed=results["arguments"]["seed"])
                 out.append({"method": method, "baseline": other, "setting": setting, "group": group, "mode": mode,
                             **entry})
@@ -491,6 +563,11 @@ def claims(results: dict[str, Any]) -> dict[str, Any]:
         low, high = entry["ci95"]
         out[f"smat_vs_{entry['baseline']}_{entry['group']}_{entry['setting']}"] = (
             f"{entry['claim']} ({entry['difference']:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}])")
+    per_seed = results.get("diagnostics_per_seed") or {"0": results["diagnostics"]}
+    out["specialisation_score_per_seed"] = {
+        seed: f"{d['specialisation']['score']:+.3f} [{d['specialisation']['ci95'][0]:+.3f}, "
+              f"{d['specialisation']['ci95'][1]:+.3f}]" for seed, d in per_seed.items()}
+    out["seeds_whose_experts_specialise"] = sum(d["specialisation"]["ci95"][0] > 0 for d in per_seed.values())
     diagnostics = results["diagnostics"]
     score = diagnostics["specialisation"]
     out["specialisation_score"] = round(score["score"], 4)
@@ -520,6 +597,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(str(path), json.dumps(data, indent=2, default=_json_default))
 
 
@@ -539,8 +617,78 @@ def prepare(args: DemoArguments) -> tuple[dict, nn.Module, type, str]:
     return domains, backbone, CachedEpisodeSampler.with_activations(activations), backbone_dir
 
 
+TRAINED = ("pmf", "dense_expert", "random_mask", "smat")
+# arguments that do not change what a (method, seed) run computes
+_NOT_IN_FINGERPRINT = {"output_dir", "disable_tqdm", "training_seeds", "profile", "quick", "cache_dir", "sweep_sparsity"}
+
+
+def run_fingerprint(args: DemoArguments, method: str, seed: Optional[int]) -> str:
+    """What a finished (method, seed) run was computed from; a saved run with another fingerprint is redone."""
+    values = {k: v for k, v in dataclasses.asdict(args).items() if k not in _NOT_IN_FINGERPRINT}
+    for other, name in LR_FIELDS.items():
+        if other != method:
+            values.pop(name)
+    text = json.dumps([method, seed, values], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_run(path: Path, fingerprint: str) -> Optional[dict[str, Any]]:
+    """A finished run's saved result, or `None` (with a message) if it is missing, corrupt or made otherwise."""
+    if not path.exists():
+        return None
+    try:
+        run = json.loads(path.read_text())
+        if not isinstance(run, dict) or not {"fingerprint", "models"} <= run.keys():
+            raise ValueError("not a run result")
+    except (OSError, ValueError) as error:
+        print(f"{path} is corrupt ({error}); running it again.")
+        return None
+    if run["fingerprint"] != fingerprint:
+        print(f"{path} was made with other arguments; running it again.")
+        return None
+    return run
+
+
+def _save_trained_model(method: str, model: nn.Module, directory: Path, args: DemoArguments) -> str:
+    """SMAT and its controls as peft adapters; PMF as safetensors of its adapted parameters (load onto the
+    backbone with `load_state_dict(..., strict=False)`)."""
+    if method == "pmf":
+        from safetensors.torch import save_file
+
+        adapted = set(adapted_parameter_names(model, args.frozen_layers, args.coverage))
+        weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if n in adapted}
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(directory / "pmf_weights.safetensors"), metadata={"format": "pt"})
+        return str(directory / "pmf_weights.safetensors")
+    model.save_pretrained(str(directory / "adapter"))
+    return str(directory / "adapter")
+
+
+def average_over_seeds(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One model's results averaged over training seeds: per episode, the mean over seeds; then mean ± 95% CI."""
+    seeds = list(per_seed)
+    out: dict[str, Any] = {}
+    for mode, per_setting in per_seed[seeds[0]].items():
+        for setting, per_domain in per_setting.items():
+            for domain in per_domain:
+                entries = [per_seed[s][mode][setting][domain] for s in seeds]
+                scores = [sum(column) / len(column) for column in zip(*(e["scores"] for e in entries))]
+                entry = {**mean_ci95([v / 100.0 for v in scores]), "seeds": len(seeds),
+                         "seed_means": [e["mean"] for e in entries]}
+                for key in ("lr", "lr_search"):
+                    if key in entries[0]:
+                        entry[f"{key}_per_seed"] = {s: e.get(key) for s, e in zip(seeds, entries)}
+                out.setdefault(mode, {}).setdefault(setting, {})[domain] = entry
+    return out
+
+
 def run_demo(args: DemoArguments) -> dict[str, Any]:
-    """Run the benchmark (or the sparsity sweep) and write `results.json`, the SMAT adapter and the plots."""
+    """Run the benchmark (or the sparsity sweep) and write `results.json`, the models and the plots.
+
+    Every (method, training seed) run is saved under `runs/<method>/seed-<s>/` (its `result.json` and model) as
+    soon as it ends; running the same command again reuses finished runs and redoes missing, corrupt or
+    differently-configured ones.
+    """
     from . import plots
 
     if args.sweep_sparsity:
@@ -555,30 +703,53 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     results: dict[str, Any] = {
         "arguments": dataclasses.asdict(args), "backbone": backbone_dir, "settings": SETTINGS,
         "finetune_setting": FINETUNE_SETTING, "train_domains": args.train_domains,
-        "ood_domains": [d for d in domains if d not in args.train_domains], "models": {}, "training": {},
-        "adapted_parameters": len(adapted_parameter_names(backbone, args.frozen_layers)),
+        "ood_domains": [d for d in domains if d not in args.train_domains], "models": {}, "per_seed": {},
+        "training": {}, "adapted_parameters": len(adapted_parameter_names(backbone, args.frozen_layers, args.coverage)),
     }
-
-    def record(name: str, model: nn.Module, training_args: MetaTrainingArguments) -> None:
-        t = time.perf_counter()
-        # the controls answer one question (direct ProtoNet); fine-tuning them would only cost time
-        modes = ("direct",) if name in ("dense_expert", "random_mask") else ("direct", "full", "lora")
-        results["models"][name] = evaluate_model(model, name, training_args, domains, sampler_class, args, modes)
-        timings[f"{name}_evaluation_s"] = time.perf_counter() - t
-
-    record("pretrained", backbone, training_arguments(args, str(out / "runs")))
-    for method in ("pmf", "dense_expert", "random_mask", "smat"):
-        t = time.perf_counter()
-        model, training_args, results["training"][method] = train_method(method, backbone, args, out, train,
-                                                                         sampler_class)
-        timings[f"{method}_training_s"] = time.perf_counter() - t
-        record(method, model, training_args)
+    runs = [("pretrained", None)] + [(m, s) for m in TRAINED for s in args.training_seeds]
+    overall = tqdm(runs, desc="demo runs", disable=args.disable_tqdm)
+    for method, seed in overall:
+        overall.set_postfix_str(method if seed is None else f"{method} seed {seed}")
+        run_dir = out / "runs" / method / ("frozen" if seed is None else f"seed-{seed}")
+        fingerprint = run_fingerprint(args, method, seed)
+        run = load_run(run_dir / "result.json", fingerprint)
+        if run is None:
+            run = {"fingerprint": fingerprint, "method": method, "seed": seed}
+            t = time.perf_counter()
+            if method == "pretrained":
+                model, training_args = backbone, training_arguments(args, str(run_dir))
+            else:
+                model, training_args, run["training"] = train_method(method, backbone, args, out, train,
+                                                                     sampler_class, training_seed=seed)
+            run["training_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            # the controls answer one question (direct ProtoNet); fine-tuning them would only cost time
+            modes = ("direct",) if method in ("dense_expert", "random_mask") else ("direct", "full", "lora")
+            run["models"] = evaluate_model(model, method, training_args, domains, sampler_class, args, modes)
+            if method == "smat":
+                run["sparsity"] = model.base_model.sparsity_report()
+                run["diagnostics"] = expert_diagnostics(model, domains, sampler_class, args)
+            run["evaluation_s"] = time.perf_counter() - t
+            if method != "pretrained":
+                run["model_path"] = _save_trained_model(method, model, run_dir, args)
+            _write_json(run_dir / "result.json", run)
+            del model
+        key = "frozen" if seed is None else str(seed)
+        results["per_seed"].setdefault(method, {})[key] = run["models"]
+        for phase in ("training", "evaluation"):
+            timings[f"{method}_{phase}_s"] = timings.get(f"{method}_{phase}_s", 0.0) + run.get(f"{phase}_s", 0.0)
+        if "training" in run:
+            results["training"].setdefault(method, {})[key] = run["training"]
         if method == "smat":
-            results["sparsity"] = model.base_model.sparsity_report()
-            results["diagnostics"] = expert_diagnostics(model, domains, sampler_class, args)
-            model.save_pretrained(str(out / "adapter"))
-        del model
+            results.setdefault("sparsity_per_seed", {})[key] = run["sparsity"]
+            results.setdefault("diagnostics_per_seed", {})[key] = run["diagnostics"]
+    overall.close()
 
+    first = str(args.training_seeds[0])
+    results["models"] = {m: average_over_seeds(per_seed) for m, per_seed in results["per_seed"].items()}
+    results["sparsity"] = results["sparsity_per_seed"][first]
+    results["diagnostics"] = results["diagnostics_per_seed"][first]
+    _copy_directory(out / "runs" / "smat" / f"seed-{first}" / "adapter", out / "adapter")
     results["summary"] = {name: summarize_model(r, args, domains) for name, r in results["models"].items()}
     results["comparisons"] = comparisons(results)
     results["claims"] = claims(results)
@@ -588,6 +759,15 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     results["plots"] = plots.plot_all(results, out)
     _write_json(out / "results.json", results)
     return results
+
+
+def _copy_directory(source: Path, target: Path) -> None:
+    """Replace `target` with a copy of `source` (the first seed's SMAT adapter, at the top of the output)."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
 
 
 def run_sweep(args: DemoArguments) -> dict[str, Any]:
@@ -611,8 +791,13 @@ def run_sweep(args: DemoArguments) -> dict[str, Any]:
         evaluated = evaluate_model(model, f"smat τ={sparsity}", training_args, domains, sampler_class, args,
                                    ("direct",))
         report = model.base_model.sparsity_report()
+        paired = comparisons({"per_seed": {"smat": {"0": evaluated}, "pretrained": {"frozen": pretrained}},
+                              "train_domains": args.train_domains, "settings": SETTINGS,
+                              "ood_domains": [d for d in domains if d not in args.train_domains],
+                              "arguments": {"seed": args.seed}})
         results["sweep"][str(sparsity)] = {
             "summary": summarize_model(evaluated, args, domains)["direct"], "domains": evaluated["direct"],
+            "vs_pretrained": paired,
             "eval_mask_sparsity": [e["eval_mask_sparsity"] for e in report["per_expert"]],
             "train_mask_expected_density": [e["train_mask_expected_density"] for e in report["per_expert"]],
             "training_s": record["training_s"],

@@ -85,7 +85,8 @@ def plot_expert_weights(weights: dict[str, list[float]], train_domains: list[str
 def plot_diagnostics(results: dict[str, Any], path: Union[str, Path]) -> str:
     """SMAT's experts over training (saturated mask logits, training-mask density, λ, per expert) and the
     specialisation score of the router against an untrained one, with its 95% CI."""
-    history = results["training"]["smat"].get("history", [])
+    runs = results["training"]["smat"]  # training seed → record; the first seed is drawn
+    history = next(iter(runs.values())).get("history", []) if runs else []
     diagnostics = results["diagnostics"]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
     steps = [h["step"] for h in history if "expert_mask_at_upper_clip" in h]
