@@ -46,6 +46,19 @@ def mask_shape(param_shape: torch.Size, structured: bool) -> tuple[int, ...]:
     return (param_shape[0],) + (1,) * (len(param_shape) - 1)  # one value per output channel of a conv
 
 
+def in_out_features(module: nn.Module) -> tuple[Optional[int], Optional[int]]:
+    """`(in_features, out_features)` as peft's layers expose them; `(None, None)` for modules without (LayerNorm, ...)."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return module.in_features, module.out_features
+    if hasattr(module, "in_channels") and hasattr(module, "out_channels"):  # convolutions
+        return module.in_channels, module.out_channels
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:  # transformers' GPT-2 layer
+        return tuple(module.weight.shape)
+    return None, None
+
+
 def hard_concrete(config: SmatConfig) -> HardConcrete:
     return HardConcrete(
         beta=config.hard_concrete_beta,
@@ -85,9 +98,7 @@ class SmatLayer(BaseTunerLayer):
         self._original_params: Optional[list[torch.Tensor]] = None
         # Set by `SmatModel` while it computes support features with the frozen pre-trained backbone.
         self._bypass = False
-        base = self.get_base_layer()
-        if hasattr(base, "in_features"):
-            self.in_features, self.out_features = base.in_features, base.out_features
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
 
     @property
     def base_params(self) -> list[nn.Parameter]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -84,6 +85,7 @@ class SmatModel(BaseTuner):
         self._feature_fn: Optional[FeatureFn] = None
         self._in_task = False
         self.last_router_outputs: dict[str, RouterOutput] = {}
+        self._warned_untrained_router: set[str] = set()
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -219,6 +221,33 @@ class SmatModel(BaseTuner):
 
     # ----------------------------------------------------------------------------------------------------------
     # peft bookkeeping for the routers
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """peft enters this around every `PeftModel.forward`. A training forward outside a task uses `α = 1/M`
+        (`outside_task="uniform"`), so the router takes no part in it and gets no gradient: say so, once per adapter.
+        """
+        if self.training and torch.is_grad_enabled() and not self._in_task:
+            for name in self.active_adapters:
+                router = self.smat_router[name] if name in self.smat_router else None
+                if (
+                    router is None
+                    or name in self._warned_untrained_router
+                    or self.peft_config[name].outside_task != "uniform"
+                    or not any(p.requires_grad for p in router.parameters())
+                ):
+                    continue
+                self._warned_untrained_router.add(name)
+                warnings.warn(
+                    f"The SMAT adapter '{name}' runs outside `model.task(...)` with equal expert weights (α = 1/M), so "
+                    "its router takes no part in this forward and receives no gradient: training here updates δ, "
+                    "the mask logits (and LoRA factors), not the router. To train the router, compute the loss "
+                    "inside `with model.task(support_pixel_values, support_labels):`; to keep it out of the "
+                    f"optimizer, call `model.base_model.smat_router['{name}'].requires_grad_(False)`.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        yield
+
     def _set_router_requires_grad(self) -> None:
         for name, router in self.smat_router.items():
             trainable = name in self.active_adapters and not self.peft_config[name].inference_mode
