@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import peft
 import transformers
-from huggingface_hub import HfApi, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from . import __version__
 from .config import SmatConfig
@@ -41,6 +42,8 @@ from .config import SmatConfig
 PAPER_URL = "https://arxiv.org/abs/2403.08477"
 CARD_TAGS = ("smat-peft", "peft", "few-shot")
 DEFAULT_COMMIT_MESSAGE = "Upload SMAT adapter"
+EVAL_TASK_TYPE = "image-classification"
+EVAL_TASK_NAME = "Few-shot image classification"
 
 
 def _format_targets(config: SmatConfig) -> str:
@@ -63,12 +66,56 @@ def _format_accuracy(domain: str, value: Union[float, str]) -> str:
     return f"{100.0 * value if value <= 1.0 else value:.2f}"
 
 
+def _accuracy_value(domain: str, value: Union[float, str]) -> Optional[float]:
+    """The accuracy in percent for `model-index`: a number, or the leading number of a string such as "80.1 ± 0.7"."""
+    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)?)", _format_accuracy(domain, value))
+    return round(float(match.group(1)), 2) if match else None
+
+
+def eval_results_metadata(eval_results: Mapping[str, Union[float, str]]) -> list[EvalResult]:
+    """`EvalResult`s (the Hub's `model-index`) for domain → few-shot accuracy; values without a number are left out.
+
+    Example:
+
+    ```py
+    >>> from smat_peft.hub import eval_results_metadata
+    >>> [(r.dataset_name, r.metric_value) for r in eval_results_metadata({"omniglot": 0.91, "cub": "80.1 ± 0.7"})]
+    [('omniglot', 91.0), ('cub', 80.1)]
+    ```
+    """
+    results = []
+    for domain, value in eval_results.items():
+        accuracy = _accuracy_value(domain, value)
+        if accuracy is None:
+            continue
+        results.append(
+            EvalResult(
+                task_type=EVAL_TASK_TYPE,
+                task_name=EVAL_TASK_NAME,
+                dataset_type=str(domain),
+                dataset_name=str(domain),
+                metric_type="accuracy",
+                metric_name="Few-shot accuracy (%)",
+                metric_value=accuracy,
+            )
+        )
+    return results
+
+
 def _evaluation_section(eval_results: Mapping[str, Union[float, str]]) -> list[str]:
     rows = [f"| {domain} | {_format_accuracy(domain, value)} |" for domain, value in eval_results.items()]
     numeric = [float(_format_accuracy(d, v)) for d, v in eval_results.items() if not isinstance(v, str)]
     if 1 < len(numeric) == len(eval_results):
         rows.append(f"| **mean** | **{sum(numeric) / len(numeric):.2f}** |")
     return ["## Evaluation", "", "| Domain | Accuracy (%) |", "|---|---|", *rows, ""]
+
+
+def pipeline_tag(config: SmatConfig) -> str:
+    """The Hub pipeline of the adapted model: `image-classification` for a `*ForImageClassification` base model,
+    `image-feature-extraction` for a backbone (SMAT's few-shot use: prototypes of its features)."""
+    if (config.base_model_class or "").endswith("ForImageClassification"):
+        return "image-classification"
+    return "image-feature-extraction"
 
 
 def _meta_training_section(meta_training: Mapping[str, Any]) -> list[str]:
@@ -118,7 +165,7 @@ def _usage_section(
     ]
 
 
-def smat_model_card(
+def build_model_card(
     config: SmatConfig,
     *,
     base_model: Optional[str] = None,
@@ -128,42 +175,54 @@ def smat_model_card(
     repo_id: Optional[str] = None,
     revision: Optional[str] = None,
     subfolder: Optional[str] = None,
-) -> str:
-    """Build the README.md (model card) of a SMAT adapter.
+    tags: Optional[Sequence[str]] = None,
+) -> ModelCard:
+    """Build the model card of a SMAT adapter as a `huggingface_hub.ModelCard`.
+
+    The metadata is a `ModelCardData`: `library_name: peft`, `pipeline_tag` (see [`pipeline_tag`]), `base_model`,
+    `license`, tags (`smat-peft`, `peft`, `few-shot` and `tags`) and, from `eval_results`, `EvalResult`s that the Hub
+    reads as `model-index` (task `image-classification`, metric `accuracy` in percent, one dataset per domain). The
+    body describes the adapter, its meta-training and results, and how to load it.
 
     Args:
         config (`SmatConfig`): The adapter's configuration.
         base_model (`str`, *optional*): Hub id of the base model; defaults to `config.base_model_name_or_path`.
         eval_results (`Mapping[str, float | str]`, *optional*): Domain → few-shot accuracy, as a fraction in [0, 1]
-            or a percentage in (1, 100] (shown as a percentage), or a preformatted `str` such as `"71.3 ± 0.8"`.
+            or a percentage in (1, 100] (shown as a percentage), or a preformatted `str` such as `"71.3 ± 0.8"` (its
+            leading number goes into `model-index`).
         meta_training (`Mapping[str, Any]`, *optional*): How the adapter was meta-trained, e.g.
             `{"datasets": ["ilsvrc_2012", "omniglot"], "steps": 50000}`; other keys are listed as they are.
         license (`str`): License identifier for the card's metadata.
-        repo_id, revision, subfolder (`str`, *optional*): Where the adapter lives, used in the usage snippet.
-
-    Returns:
-        `str`: the card, YAML front matter (`library_name: peft`, tags `smat-peft`, `peft`, `few-shot`,
-        `base_model`, `license`) followed by a Markdown body.
+        repo_id, revision, subfolder (`str`, *optional*): Where the adapter lives, used in the usage snippet and as
+            the `model-index` name.
+        tags (`Sequence[str]`, *optional*): More tags for the metadata.
 
     Example:
 
     ```py
+    >>> from huggingface_hub import ModelCard
     >>> from smat_peft import SmatConfig
-    >>> from smat_peft.hub import smat_model_card
-    >>> card = smat_model_card(SmatConfig(num_experts=8, sparsity=0.9), base_model="facebook/dino-vits16",
-    ...                        eval_results={"omniglot": 0.91, "aircraft": 0.78})
-    >>> card.splitlines()[0], "library_name: peft" in card, "| omniglot | 91.00 |" in card
-    ('---', True, True)
+    >>> from smat_peft.hub import build_model_card
+    >>> card = build_model_card(SmatConfig(num_experts=8, sparsity=0.9), base_model="facebook/dino-vits16",
+    ...                         eval_results={"omniglot": 0.91, "aircraft": 0.78})
+    >>> card.data.library_name, card.data.pipeline_tag, card.data.eval_results[0].metric_value
+    ('peft', 'image-feature-extraction', 91.0)
+    >>> ModelCard(str(card)).data.eval_results == card.data.eval_results
+    True
     ```
     """
     base_model = base_model or config.base_model_name_or_path or None
-    card_data = ModelCardData(base_model=base_model, library_name="peft", license=license, tags=list(CARD_TAGS))
     title = f"SMAT adapter for {base_model}" if base_model else "SMAT adapter"
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        license=license,
+        pipeline_tag=pipeline_tag(config),
+        tags=list(dict.fromkeys([*CARD_TAGS, *(tags or [])])),
+        model_name=repo_id.split("/")[-1] if repo_id else title,
+        eval_results=eval_results_metadata(eval_results) if eval_results else None,
+    )
     lines = [
-        "---",
-        card_data.to_yaml(),
-        "---",
-        "",
         f"# {title}",
         "",
         f"A [SMAT]({PAPER_URL}) (Sparse MetA-Tuning) adapter, made with `smat-peft` on top of [PEFT]"
@@ -203,7 +262,24 @@ def smat_model_card(
         f"- PEFT {config.peft_version or peft.__version__}",
         "",
     ]
-    return "\n".join(lines)
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def smat_model_card(config: SmatConfig, **kwargs: Any) -> str:
+    """The README.md text of a SMAT adapter: [`build_model_card`] as a string (YAML front matter, then Markdown).
+
+    Example:
+
+    ```py
+    >>> from smat_peft import SmatConfig
+    >>> from smat_peft.hub import smat_model_card
+    >>> card = smat_model_card(SmatConfig(num_experts=8, sparsity=0.9), base_model="facebook/dino-vits16",
+    ...                        eval_results={"omniglot": 0.91, "aircraft": 0.78})
+    >>> card.splitlines()[0], "library_name: peft" in card, "| omniglot | 91.00 |" in card, "model-index:" in card
+    ('---', True, True, True)
+    ```
+    """
+    return str(build_model_card(config, **kwargs))
 
 
 def push_smat_to_hub(
