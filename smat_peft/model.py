@@ -29,6 +29,7 @@ from torch import nn
 
 from . import __version__
 from .config import SmatConfig
+from .hub import eval_results_metadata
 from .layer import SmatLayer, SmatModule
 from .peft_type import PREFIX
 from .router import RouterOutput, SmatRouter
@@ -86,6 +87,8 @@ class SmatModel(BaseTuner):
         self._in_task = False
         self.last_router_outputs: dict[str, RouterOutput] = {}
         self._warned_untrained_router: set[str] = set()
+        # Per adapter: results and meta-training facts for its model card (see `record_eval_results`).
+        self.card_records: dict[str, dict[str, Any]] = {}
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -558,6 +561,41 @@ class SmatModel(BaseTuner):
             params[index] = params[index] + sum(layer._lora_weight(a).to(params[index].dtype) for a in lora)
         replacements = {id(p): nn.Parameter(v.detach().clone()) for p, v in zip(layer.base_params, params)}
         return copy.deepcopy(layer.get_base_layer(), replacements)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # model card
+    def record_eval_results(
+        self,
+        eval_results: dict[str, Any],
+        meta_training: Optional[dict[str, Any]] = None,
+        adapter_name: Optional[str] = None,
+    ) -> None:
+        """Record an adapter's few-shot results for its model card.
+
+        `save_pretrained` and `push_to_hub` then write them into README.md, as a Markdown table and as the Hub's
+        `model-index` metadata (see `smat_peft.hub.build_model_card`).
+
+        Args:
+            eval_results (`dict[str, float | str]`): Domain → accuracy (a fraction, a percentage, or a string such as
+                `"80.1 ± 0.7"`).
+            meta_training (`dict`, *optional*): How the adapter was meta-trained, e.g. `{"steps": 1000}`.
+            adapter_name (`str`, *optional*): Defaults to the active adapter.
+
+        Example:
+
+        ```py
+        >>> model.base_model.record_eval_results({"omniglot": 0.91, "aircraft": 0.78})  # doctest: +SKIP
+        >>> model.save_pretrained("adapter")  # README.md carries model-index results  # doctest: +SKIP
+        ```
+        """
+        adapter_name = adapter_name or self.active_adapters[0]
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"No adapter named {adapter_name!r}; the adapters are {sorted(self.peft_config)}.")
+        eval_results_metadata(eval_results)  # validates the values now rather than at save time
+        record = {"eval_results": dict(eval_results)}
+        if meta_training is not None:
+            record["meta_training"] = dict(meta_training)
+        self.card_records[adapter_name] = record
 
     # ----------------------------------------------------------------------------------------------------------
     # sparsity
