@@ -270,6 +270,7 @@ class SmatModel(BaseTuner):
         super().delete_adapter(adapter_name)
         if adapter_name in self.smat_router:
             del self.smat_router[adapter_name]
+        self.card_records.pop(adapter_name, None)
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         """Give the adapter peft's dtypes; peft calls this after `get_peft_model`, `add_adapter` and `load_adapter`.
