@@ -489,7 +489,8 @@ def write_model_card(model: Any, output_dir: Union[str, os.PathLike], replace_te
         base_model=card.data.base_model if isinstance(card.data.base_model, str) else None,
         eval_results=recorded.get("eval_results"),
         meta_training=recorded.get("meta_training"),
-        tags=card.data.tags,
+        # peft tags `base_model:adapter:<name_or_path>` even when the base model has no name: drop that empty tag
+        tags=[tag for tag in card.data.tags or [] if not tag.endswith(":")],
     )
     if previous and not recorded.get("eval_results"):
         smat.data.eval_results, smat.data.model_name = previous, card.data.model_name or smat.data.model_name
@@ -498,7 +499,7 @@ def write_model_card(model: Any, output_dir: Union[str, os.PathLike], replace_te
     else:
         data = card.data
         data.library_name = "peft"
-        data.tags = list(dict.fromkeys([*(data.tags or []), *smat.data.tags]))
+        data.tags = list(dict.fromkeys([*(t for t in data.tags or [] if not t.endswith(":")), *smat.data.tags]))
         data.pipeline_tag = data.pipeline_tag or smat.data.pipeline_tag
         data.base_model = data.base_model or smat.data.base_model
         if smat.data.eval_results:

@@ -277,3 +277,8 @@ def test_the_peft_hooks_are_installed_once_and_leave_other_methods_alone(tmp_pat
     lora.save_pretrained(tmp_path)
     card = ModelCard.load(tmp_path / "README.md")
     assert "smat-peft" not in (card.data.tags or []) and card.data.pipeline_tag is None
+
+
+def test_the_card_has_no_empty_base_model_tag_for_a_model_without_a_name(tmp_path):
+    smat_vit().save_pretrained(tmp_path)
+    assert not [tag for tag in ModelCard.load(tmp_path / "README.md").data.tags if tag.endswith(":")]
