@@ -462,6 +462,8 @@ class SmatModel(BaseTuner):
                 "The SMAT adapter is merged into the base weights; call `model.unmerge_adapter()` before "
                 "conditioning on a new task."
             )
+        for name in self.active_adapters:
+            self._router(name)  # an adapter without a router (or its weights) fails before the support forward
         if prototypes is None:
             prototypes = self.prototypes(support_pixel_values, support_labels, num_classes, **forward_kwargs)
         outputs = {name: self.route(prototypes, name) for name in self.active_adapters if name in self.peft_config}
