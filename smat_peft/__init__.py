@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 from .config import SmatConfig  # noqa: E402
 from .export import export_compact, load_compact  # noqa: E402
-from .hub import install_push_to_hub, push_smat_to_hub, smat_model_card  # noqa: E402
+from .hub import build_model_card, install_model_card, install_push_to_hub, push_smat_to_hub, smat_model_card  # noqa: E402
 from .integrity import AdapterFileNotFoundError, AdapterIntegrityError, install_atomic_save  # noqa: E402
 from .layer import SmatLayer, SmatModule  # noqa: E402
 from .model import SmatModel  # noqa: E402
@@ -28,6 +28,7 @@ from .training import EpisodeSampler, MetaTrainingArguments, SmatMetaTrainer  # 
 
 register_with_peft(SmatConfig, SmatModel)
 install_push_to_hub()
+install_model_card()
 install_atomic_save()
 
 
@@ -67,6 +68,7 @@ __all__ = [
     "SmatPeftType",
     "SmatRouter",
     "__version__",
+    "build_model_card",
     "export_compact",
     "get_smat_model",
     "load_compact",

@@ -24,15 +24,17 @@ README.md with `smat_model_card(...)` and uploads the folder in one commit, so t
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import peft
 import transformers
-from huggingface_hub import HfApi, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from . import __version__
 from .config import SmatConfig
@@ -41,6 +43,8 @@ from .config import SmatConfig
 PAPER_URL = "https://arxiv.org/abs/2403.08477"
 CARD_TAGS = ("smat-peft", "peft", "few-shot")
 DEFAULT_COMMIT_MESSAGE = "Upload SMAT adapter"
+EVAL_TASK_TYPE = "image-classification"
+EVAL_TASK_NAME = "Few-shot image classification"
 
 
 def _format_targets(config: SmatConfig) -> str:
@@ -63,12 +67,56 @@ def _format_accuracy(domain: str, value: Union[float, str]) -> str:
     return f"{100.0 * value if value <= 1.0 else value:.2f}"
 
 
+def _accuracy_value(domain: str, value: Union[float, str]) -> Optional[float]:
+    """The accuracy in percent for `model-index`: a number, or the leading number of a string such as "80.1 ± 0.7"."""
+    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)?)", _format_accuracy(domain, value))
+    return round(float(match.group(1)), 2) if match else None
+
+
+def eval_results_metadata(eval_results: Mapping[str, Union[float, str]]) -> list[EvalResult]:
+    """`EvalResult`s (the Hub's `model-index`) for domain → few-shot accuracy; values without a number are left out.
+
+    Example:
+
+    ```py
+    >>> from smat_peft.hub import eval_results_metadata
+    >>> [(r.dataset_name, r.metric_value) for r in eval_results_metadata({"omniglot": 0.91, "cub": "80.1 ± 0.7"})]
+    [('omniglot', 91.0), ('cub', 80.1)]
+    ```
+    """
+    results = []
+    for domain, value in eval_results.items():
+        accuracy = _accuracy_value(domain, value)
+        if accuracy is None:
+            continue
+        results.append(
+            EvalResult(
+                task_type=EVAL_TASK_TYPE,
+                task_name=EVAL_TASK_NAME,
+                dataset_type=str(domain),
+                dataset_name=str(domain),
+                metric_type="accuracy",
+                metric_name="Few-shot accuracy (%)",
+                metric_value=accuracy,
+            )
+        )
+    return results
+
+
 def _evaluation_section(eval_results: Mapping[str, Union[float, str]]) -> list[str]:
     rows = [f"| {domain} | {_format_accuracy(domain, value)} |" for domain, value in eval_results.items()]
     numeric = [float(_format_accuracy(d, v)) for d, v in eval_results.items() if not isinstance(v, str)]
     if 1 < len(numeric) == len(eval_results):
         rows.append(f"| **mean** | **{sum(numeric) / len(numeric):.2f}** |")
     return ["## Evaluation", "", "| Domain | Accuracy (%) |", "|---|---|", *rows, ""]
+
+
+def pipeline_tag(config: SmatConfig) -> str:
+    """The Hub pipeline of the adapted model: `image-classification` for a `*ForImageClassification` base model,
+    `image-feature-extraction` for a backbone (SMAT's few-shot use: prototypes of its features)."""
+    if (config.base_model_class or "").endswith("ForImageClassification"):
+        return "image-classification"
+    return "image-feature-extraction"
 
 
 def _meta_training_section(meta_training: Mapping[str, Any]) -> list[str]:
@@ -118,7 +166,7 @@ def _usage_section(
     ]
 
 
-def smat_model_card(
+def build_model_card(
     config: SmatConfig,
     *,
     base_model: Optional[str] = None,
@@ -128,42 +176,54 @@ def smat_model_card(
     repo_id: Optional[str] = None,
     revision: Optional[str] = None,
     subfolder: Optional[str] = None,
-) -> str:
-    """Build the README.md (model card) of a SMAT adapter.
+    tags: Optional[Sequence[str]] = None,
+) -> ModelCard:
+    """Build the model card of a SMAT adapter as a `huggingface_hub.ModelCard`.
+
+    The metadata is a `ModelCardData`: `library_name: peft`, `pipeline_tag` (see [`pipeline_tag`]), `base_model`,
+    `license`, tags (`smat-peft`, `peft`, `few-shot` and `tags`) and, from `eval_results`, `EvalResult`s that the Hub
+    reads as `model-index` (task `image-classification`, metric `accuracy` in percent, one dataset per domain). The
+    body describes the adapter, its meta-training and results, and how to load it.
 
     Args:
         config (`SmatConfig`): The adapter's configuration.
         base_model (`str`, *optional*): Hub id of the base model; defaults to `config.base_model_name_or_path`.
         eval_results (`Mapping[str, float | str]`, *optional*): Domain → few-shot accuracy, as a fraction in [0, 1]
-            or a percentage in (1, 100] (shown as a percentage), or a preformatted `str` such as `"71.3 ± 0.8"`.
+            or a percentage in (1, 100] (shown as a percentage), or a preformatted `str` such as `"71.3 ± 0.8"` (its
+            leading number goes into `model-index`).
         meta_training (`Mapping[str, Any]`, *optional*): How the adapter was meta-trained, e.g.
             `{"datasets": ["ilsvrc_2012", "omniglot"], "steps": 50000}`; other keys are listed as they are.
         license (`str`): License identifier for the card's metadata.
-        repo_id, revision, subfolder (`str`, *optional*): Where the adapter lives, used in the usage snippet.
-
-    Returns:
-        `str`: the card, YAML front matter (`library_name: peft`, tags `smat-peft`, `peft`, `few-shot`,
-        `base_model`, `license`) followed by a Markdown body.
+        repo_id, revision, subfolder (`str`, *optional*): Where the adapter lives, used in the usage snippet and as
+            the `model-index` name.
+        tags (`Sequence[str]`, *optional*): More tags for the metadata.
 
     Example:
 
     ```py
+    >>> from huggingface_hub import ModelCard
     >>> from smat_peft import SmatConfig
-    >>> from smat_peft.hub import smat_model_card
-    >>> card = smat_model_card(SmatConfig(num_experts=8, sparsity=0.9), base_model="facebook/dino-vits16",
-    ...                        eval_results={"omniglot": 0.91, "aircraft": 0.78})
-    >>> card.splitlines()[0], "library_name: peft" in card, "| omniglot | 91.00 |" in card
-    ('---', True, True)
+    >>> from smat_peft.hub import build_model_card
+    >>> card = build_model_card(SmatConfig(num_experts=8, sparsity=0.9), base_model="facebook/dino-vits16",
+    ...                         eval_results={"omniglot": 0.91, "aircraft": 0.78})
+    >>> card.data.library_name, card.data.pipeline_tag, card.data.eval_results[0].metric_value
+    ('peft', 'image-feature-extraction', 91.0)
+    >>> ModelCard(str(card)).data.eval_results == card.data.eval_results
+    True
     ```
     """
     base_model = base_model or config.base_model_name_or_path or None
-    card_data = ModelCardData(base_model=base_model, library_name="peft", license=license, tags=list(CARD_TAGS))
     title = f"SMAT adapter for {base_model}" if base_model else "SMAT adapter"
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        license=license,
+        pipeline_tag=pipeline_tag(config),
+        tags=list(dict.fromkeys([*CARD_TAGS, *(tags or [])])),
+        model_name=repo_id.split("/")[-1] if repo_id else title,
+        eval_results=eval_results_metadata(eval_results) if eval_results else None,
+    )
     lines = [
-        "---",
-        card_data.to_yaml(),
-        "---",
-        "",
         f"# {title}",
         "",
         f"A [SMAT]({PAPER_URL}) (Sparse MetA-Tuning) adapter, made with `smat-peft` on top of [PEFT]"
@@ -203,40 +263,69 @@ def smat_model_card(
         f"- PEFT {config.peft_version or peft.__version__}",
         "",
     ]
-    return "\n".join(lines)
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def smat_model_card(config: SmatConfig, **kwargs: Any) -> str:
+    """The README.md text of a SMAT adapter: [`build_model_card`] as a string (YAML front matter, then Markdown).
+
+    Example:
+
+    ```py
+    >>> from smat_peft import SmatConfig
+    >>> from smat_peft.hub import smat_model_card
+    >>> card = smat_model_card(SmatConfig(num_experts=8, sparsity=0.9), base_model="facebook/dino-vits16",
+    ...                        eval_results={"omniglot": 0.91, "aircraft": 0.78})
+    >>> card.splitlines()[0], "library_name: peft" in card, "| omniglot | 91.00 |" in card, "model-index:" in card
+    ('---', True, True, True)
+    ```
+    """
+    return str(build_model_card(config, **kwargs))
 
 
 def push_smat_to_hub(
     model: Any,
     repo_id: str,
     *,
-    private: Optional[bool] = None,
-    revision: Optional[str] = None,
-    subfolder: Optional[str] = None,
     commit_message: Optional[str] = None,
+    commit_description: Optional[str] = None,
+    private: Optional[bool] = None,
+    token: Optional[Union[str, bool]] = None,
+    revision: Optional[str] = None,
+    create_pr: bool = False,
+    max_shard_size: Optional[Union[int, str]] = None,
+    tags: Optional[Sequence[str]] = None,
+    subfolder: Optional[str] = None,
     eval_results: Optional[Mapping[str, Union[float, str]]] = None,
     meta_training: Optional[Mapping[str, Any]] = None,
-    token: Optional[Union[str, bool]] = None,
 ) -> str:
-    """Push a SMAT `PeftModel` to the Hub with a SMAT model card, in one commit.
+    """Push a SMAT `PeftModel` to the Hub with a SMAT model card, in one commit (or one pull request).
 
-    Creates the repo if needed (`private` is ignored for an existing repo, as in `push_to_hub`) and the branch
-    `revision` if it does not exist yet (from `main`), saves the adapter(s) with `model.save_pretrained`, replaces
-    the README.md peft wrote with `smat_model_card(...)` for the active adapter, and uploads the folder to
+    Takes every argument of `PeftModel.push_to_hub` (transformers' `PushToHubMixin.push_to_hub`), plus `subfolder`,
+    `eval_results` and `meta_training`. Creates the repo if needed (`private` is ignored for an existing repo, as in
+    `push_to_hub`) and the branch `revision` if it does not exist yet (from `main`), saves the adapter(s) with
+    `model.save_pretrained`, writes [`build_model_card`] for the active adapter as README.md, and uploads the folder to
     `subfolder` (the repo root by default; the card then lives in `subfolder/README.md`).
 
     Args:
         model (`peft.PeftModel`): A model whose active adapter is a SMAT adapter.
         repo_id (`str`): `"namespace/name"` (or `"name"` for the token's user).
-        private (`bool`, *optional*): Visibility of a newly created repo.
-        revision (`str`, *optional*): Branch to commit to; created from `main` if missing. Default `main`.
-        subfolder (`str`, *optional*): Folder inside the repo to upload to.
         commit_message (`str`, *optional*): Defaults to `"Upload SMAT adapter"`.
-        eval_results, meta_training: Passed to [`smat_model_card`].
+        commit_description (`str`, *optional*): The description of the commit (or of the pull request).
+        private (`bool`, *optional*): Visibility of a newly created repo.
         token (`str` or `bool`, *optional*): Hub token; defaults to the logged-in token / `HF_TOKEN`.
+        revision (`str`, *optional*): Branch to commit to (or to open the pull request against); created from
+            `main` if missing. Default `main`.
+        create_pr (`bool`): Open a pull request with the upload instead of committing to `revision`.
+        max_shard_size: Accepted for compatibility with `push_to_hub`; peft never shards adapter weights.
+        tags (`Sequence[str]`, *optional*): More tags for the card's metadata.
+        subfolder (`str`, *optional*): Folder inside the repo to upload to.
+        eval_results, meta_training: Passed to [`build_model_card`]; default to what was recorded with
+            `model.base_model.record_eval_results(...)` for the active adapter.
 
     Returns:
-        `str`: the commit URL (a `huggingface_hub.CommitInfo`, whose `.oid` is the commit id).
+        `str`: the commit URL (a `huggingface_hub.CommitInfo`: `.oid` is the commit id, `.pr_url` / `.pr_num` the pull
+        request with `create_pr=True`).
 
     Example:
 
@@ -249,6 +338,7 @@ def push_smat_to_hub(
     """
     from peft import PeftModel
 
+    del max_shard_size  # an adapter is one weights file
     if not isinstance(model, PeftModel):
         raise TypeError(f"`model` must be a peft.PeftModel with a SMAT adapter, got {type(model).__name__}.")
     config = model.peft_config.get(model.active_adapter)
@@ -257,11 +347,15 @@ def push_smat_to_hub(
             f"The active adapter {model.active_adapter!r} is not a SMAT adapter ({type(config).__name__}); "
             "use `model.push_to_hub` for other peft methods or `model.set_adapter(...)` to select a SMAT adapter."
         )
+    recorded = _recorded_card_info(model)
     with tempfile.TemporaryDirectory() as tmp_dir:
         model.save_pretrained(tmp_dir)  # also fills config.base_model_name_or_path when the base model has one
         return push_smat_folder_to_hub(
             tmp_dir, repo_id, private=private, revision=revision, subfolder=subfolder,
-            commit_message=commit_message, eval_results=eval_results, meta_training=meta_training, token=token,
+            commit_message=commit_message, commit_description=commit_description, create_pr=create_pr, tags=tags,
+            eval_results=eval_results if eval_results is not None else recorded.get("eval_results"),
+            meta_training=meta_training if meta_training is not None else recorded.get("meta_training"),
+            token=token,
         )
 
 
@@ -288,6 +382,9 @@ def push_smat_folder_to_hub(
     eval_results: Optional[Mapping[str, Union[float, str]]] = None,
     meta_training: Optional[Mapping[str, Any]] = None,
     token: Optional[Union[str, bool]] = None,
+    commit_description: Optional[str] = None,
+    create_pr: bool = False,
+    tags: Optional[Sequence[str]] = None,
 ) -> str:
     """Push a saved SMAT adapter directory (or a compact export) to the Hub with a SMAT model card, in one commit.
 
@@ -298,8 +395,8 @@ def push_smat_folder_to_hub(
 
     Args:
         adapter_dir (`str`): What `model.save_pretrained` or `smat_peft.export_compact` wrote.
-        repo_id, private, revision, subfolder, commit_message, eval_results, meta_training, token: As in
-            [`push_smat_to_hub`].
+        repo_id, private, revision, subfolder, commit_message, commit_description, create_pr, tags, eval_results,
+            meta_training, token: As in [`push_smat_to_hub`].
         base_model (`str`, *optional*): Base model named in the card; defaults to the config's
             `base_model_name_or_path`.
 
@@ -341,6 +438,7 @@ def push_smat_folder_to_hub(
             repo_id=repo_id,
             revision=revision,
             subfolder=subfolder,
+            tags=tags,
         )
         with open(os.path.join(tmp_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
@@ -350,36 +448,118 @@ def push_smat_folder_to_hub(
             path_in_repo=subfolder,
             revision=revision,
             commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+            commit_description=commit_description,
+            create_pr=create_pr,
         )
 
 
-_PUSH_KWARGS = ("private", "revision", "subfolder", "commit_message", "eval_results", "meta_training", "token")
+# ------------------------------------------------------------------------------------------------------------------
+# Where smat-peft reaches into peft. peft and transformers give a tuner no say over the model card, so two methods of
+# `PeftModel` are wrapped, once per process (idempotent): each call checks whether the model's active adapter is a SMAT
+# adapter and otherwise runs peft's method unchanged. See docs/peft_compatibility.md.
+_SMAT_PUSH_KWARGS = ("subfolder", "eval_results", "meta_training")
+
+
+def _smat_config(model: Any) -> Optional[SmatConfig]:
+    configs = getattr(model, "peft_config", None) or {}
+    config = configs.get(getattr(model, "active_adapter", None))
+    return config if isinstance(config, SmatConfig) else None
+
+
+def _recorded_card_info(model: Any) -> dict[str, Any]:
+    records = getattr(model.base_model, "card_records", None) or {}
+    return dict(records.get(model.active_adapter, {}))
+
+
+def write_model_card(model: Any, output_dir: Union[str, os.PathLike], replace_text: bool) -> None:
+    """Turn the README.md peft wrote into `output_dir` into the SMAT card of `model`'s active adapter.
+
+    Keeps what peft put in the metadata (its tags, `base_model`) and adds SMAT's ([`build_model_card`]), with the
+    results recorded by `model.base_model.record_eval_results(...)`. With `replace_text=False` (a card the user wrote
+    was already there) only the metadata changes; a previous SMAT card (tagged `smat-peft`) is rebuilt, keeping its
+    `model-index` results when none are recorded.
+    """
+    config = _smat_config(model)
+    path = os.path.join(os.fspath(output_dir), "README.md")
+    card = ModelCard.load(path)
+    recorded = _recorded_card_info(model)
+    previous = card.data.eval_results if "smat-peft" in (card.data.tags or []) else None
+    smat = build_model_card(
+        config,
+        base_model=card.data.base_model if isinstance(card.data.base_model, str) else None,
+        eval_results=recorded.get("eval_results"),
+        meta_training=recorded.get("meta_training"),
+        # peft tags `base_model:adapter:<name_or_path>` even when the base model has no name: drop that empty tag
+        tags=[tag for tag in card.data.tags or [] if not tag.endswith(":")],
+    )
+    if previous and not recorded.get("eval_results"):
+        smat.data.eval_results, smat.data.model_name = previous, card.data.model_name or smat.data.model_name
+    if replace_text or "smat-peft" in (card.data.tags or []):
+        card = smat
+    else:
+        data = card.data
+        data.library_name = "peft"
+        data.tags = list(dict.fromkeys([*(t for t in data.tags or [] if not t.endswith(":")), *smat.data.tags]))
+        data.pipeline_tag = data.pipeline_tag or smat.data.pipeline_tag
+        data.base_model = data.base_model or smat.data.base_model
+        if smat.data.eval_results:
+            data.eval_results, data.model_name = smat.data.eval_results, data.model_name or smat.data.model_name
+    card.save(path)
+
+
+def install_model_card() -> None:
+    """Make `PeftModel.save_pretrained` write SMAT's model card for SMAT adapters (other peft methods are untouched).
+
+    peft's `save_pretrained` calls `PeftModel.create_or_update_model_card(save_directory)`, which writes its blank
+    template (or updates an existing card). For a model whose active adapter is SMAT, the wrapper lets peft do that,
+    then [`write_model_card`] turns the result into the SMAT card. Run on `import smat_peft`; idempotent.
+    """
+    from peft import PeftModel
+
+    original = PeftModel.create_or_update_model_card
+    if getattr(original, "_smat_card", False):
+        return
+
+    @functools.wraps(original)
+    def create_or_update_model_card(self, output_dir: str):
+        if _smat_config(self) is None:
+            return original(self, output_dir)
+        existed = os.path.isfile(os.path.join(output_dir, "README.md"))
+        original(self, output_dir)
+        write_model_card(self, output_dir, replace_text=not existed)
+
+    create_or_update_model_card._smat_card = True
+    PeftModel.create_or_update_model_card = create_or_update_model_card
 
 
 def install_push_to_hub() -> None:
     """Make `PeftModel.push_to_hub` land SMAT's card for SMAT adapters (other peft methods are untouched).
 
-    transformers' `push_to_hub` gives the tuner no say over the card (see the module docstring), so for a model
-    whose active adapter is a SMAT adapter the call is routed to [`push_smat_to_hub`]. Run on `import smat_peft`.
+    transformers' `push_to_hub` overwrites README.md with the card already on the Hub or its generic template
+    (`library_name: transformers`), so for a model whose active adapter is a SMAT adapter the call goes to
+    [`push_smat_to_hub`] with all its arguments (`commit_message`, `commit_description`, `private`, `token`,
+    `revision`, `create_pr`, `max_shard_size`, `tags`, plus `subfolder`, `eval_results`, `meta_training`). Run on
+    `import smat_peft`; idempotent.
     """
     from peft import PeftModel
 
     original = PeftModel.push_to_hub
     if getattr(original, "_smat_routed", False):
         return
+    accepted = [name for name in inspect.signature(original).parameters if name not in ("self", "repo_id")]
+    accepted = [name for name in accepted if name not in ("args", "kwargs")] + list(_SMAT_PUSH_KWARGS)
 
     @functools.wraps(original)
     def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any):
-        config = getattr(self, "peft_config", {}).get(self.active_adapter)
-        if not isinstance(config, SmatConfig):
+        if _smat_config(self) is None:
             return original(self, repo_id, *args, **kwargs)
-        unsupported = sorted(k for k, v in kwargs.items() if k not in _PUSH_KWARGS and v not in (None, False))
-        if args or unsupported:
+        unknown = sorted(k for k in kwargs if k not in accepted)
+        if args or unknown:
             raise TypeError(
-                f"push_to_hub of a SMAT adapter takes the keyword arguments {', '.join(_PUSH_KWARGS)}; got "
-                f"{unsupported or 'positional arguments'}."
+                f"push_to_hub of a SMAT adapter takes the repo id, then the keyword arguments {', '.join(accepted)}; "
+                f"got {', '.join(unknown) if unknown else f'{len(args)} more positional argument(s)'}."
             )
-        return push_smat_to_hub(self, repo_id, **{k: v for k, v in kwargs.items() if k in _PUSH_KWARGS})
+        return push_smat_to_hub(self, repo_id, **kwargs)
 
     push_to_hub._smat_routed = True
     PeftModel.push_to_hub = push_to_hub

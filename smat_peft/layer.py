@@ -46,6 +46,19 @@ def mask_shape(param_shape: torch.Size, structured: bool) -> tuple[int, ...]:
     return (param_shape[0],) + (1,) * (len(param_shape) - 1)  # one value per output channel of a conv
 
 
+def in_out_features(module: nn.Module) -> tuple[Optional[int], Optional[int]]:
+    """`(in_features, out_features)` as peft's layers expose them; `(None, None)` for modules without (LayerNorm, ...)."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return module.in_features, module.out_features
+    if hasattr(module, "in_channels") and hasattr(module, "out_channels"):  # convolutions
+        return module.in_channels, module.out_channels
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:  # transformers' GPT-2 layer
+        return tuple(module.weight.shape)
+    return None, None
+
+
 def hard_concrete(config: SmatConfig) -> HardConcrete:
     return HardConcrete(
         beta=config.hard_concrete_beta,
@@ -95,14 +108,13 @@ class SmatLayer(BaseTunerLayer):
         self.param_names = [name for name, _ in self.get_base_layer().named_parameters()]
         # Task state, set by `SmatModel.task`: per adapter, the per-parameter deltas of the current task.
         self._task_deltas: dict[str, list[torch.Tensor]] = {}
+        self._task_sampled = False  # the task's deltas use sampled (training) masks and routing
         self._effective: Optional[tuple[tuple[str, ...], list[torch.Tensor]]] = None
         self._eval_masks: dict[tuple, tuple] = {}
         self._original_params: Optional[list[torch.Tensor]] = None
         # Set by `SmatModel` while it computes support features with the frozen pre-trained backbone.
         self._bypass = False
-        base = self.get_base_layer()
-        if hasattr(base, "in_features"):
-            self.in_features, self.out_features = base.in_features, base.out_features
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
 
     @property
     def base_params(self) -> list[nn.Parameter]:
@@ -171,12 +183,14 @@ class SmatLayer(BaseTunerLayer):
         self._eval_masks[(adapter, index)] = (key, value, packed)
         return value, packed
 
-    def merged_masks(self, adapter: str, weights: torch.Tensor) -> list[torch.Tensor]:
-        """`Σ_m α_m z_m` for every adapted parameter: sampled hard-concrete masks in training, eval masks otherwise."""
+    def merged_masks(self, adapter: str, weights: torch.Tensor, sample: Optional[bool] = None) -> list[torch.Tensor]:
+        """`Σ_m α_m z_m` for every adapted parameter: sampled hard-concrete masks if `sample` (default: in training),
+        the deterministic eval masks otherwise."""
         config = self.smat_config[adapter]
+        sample = self.training if sample is None else sample
         merged = []
         for index in range(len(self.param_names)):
-            if self.training:
+            if sample:
                 merged.append(hard_concrete(config).sample_merged(self.smat_log_alpha[adapter][index], weights))
             else:
                 value, packed = self._eval_mask(adapter, index)
@@ -219,28 +233,53 @@ class SmatLayer(BaseTunerLayer):
 
     # ----------------------------------------------------------------------------------------------------------
     # task weights
-    def task_deltas(self, adapter: str, weights: torch.Tensor) -> list[torch.Tensor]:
-        """Per-parameter deltas `(Σ_m α_m z_m) ⊙ δ` of one adapter for expert weights `α`."""
-        masks = self.merged_masks(adapter, weights)
+    def task_deltas(self, adapter: str, weights: torch.Tensor, sample: Optional[bool] = None) -> list[torch.Tensor]:
+        """Per-parameter deltas `(Σ_m α_m z_m) ⊙ δ` of one adapter for expert weights `α` (masks: see
+        [`~SmatLayer.merged_masks`])."""
+        self._check_materialized(adapter)
+        masks = self.merged_masks(adapter, weights, sample=sample)
         return [m * d for m, d in zip(masks, self.smat_delta[adapter])]
+
+    def _check_materialized(self, adapter: str) -> None:
+        if any(d.is_meta for d in self.smat_delta[adapter]) or any(a.is_meta for a in self.smat_log_alpha[adapter]):
+            raise RuntimeError(
+                f"The SMAT adapter '{adapter}' has no weights (meta device): it was created with "
+                "low_cpu_mem_usage=True and its weights were never loaded. Load it with PeftModel.from_pretrained / "
+                "load_adapter from a directory holding its adapter_model.safetensors, or create it without "
+                "low_cpu_mem_usage."
+            )
 
     def set_task(self, adapter: str, weights: torch.Tensor) -> None:
         """Build and keep this adapter's task deltas for expert weights `α` (called once per task)."""
         if adapter in self.smat_delta:
             self._task_deltas[adapter] = self.task_deltas(adapter, weights)
+            self._task_sampled = self.training
             self._effective = None
 
     def clear_task(self) -> None:
         self._task_deltas.clear()
+        self._task_sampled = False
         self._effective = None
 
-    def _adapter_deltas(self, adapter: str) -> list[torch.Tensor]:
+    def _adapter_deltas(self, adapter: str, merging: bool = False) -> list[torch.Tensor]:
+        """The adapter's per-parameter deltas now: the task's, or outside a task `α = 1/M` (`outside_task="uniform"`).
+
+        `merging=True` asks for what a merge writes into the base weights: always the deterministic eval masks, so
+        that merging is reproducible also in training mode.
+        """
         if adapter in self._task_deltas:
+            if merging and self._task_sampled:
+                raise RuntimeError(
+                    f"Cannot merge the SMAT adapter '{adapter}' inside a task entered in training mode: that task's "
+                    "weights use sampled masks and noisy expert weights, and a merge must deploy the deterministic "
+                    "eval masks. Call `model.eval()` before `with model.task(...)`, or use "
+                    "`model.merge_task(support_pixel_values, support_labels)`, which always merges in eval mode."
+                )
             return self._task_deltas[adapter]
         config = self.smat_config[adapter]
         if config.outside_task == "uniform":
             uniform = torch.full((config.num_experts,), 1.0 / config.num_experts, device=self.base_params[0].device)
-            return self.task_deltas(adapter, uniform)
+            return self.task_deltas(adapter, uniform, sample=False if merging else None)
         raise RuntimeError(
             f"The SMAT adapter '{adapter}' is conditioned on a support set: run the model inside "
             "`with model.task(support_pixel_values, support_labels): ...`, or create the adapter with "
@@ -251,8 +290,11 @@ class SmatLayer(BaseTunerLayer):
         return self.smat_lora_scaling[adapter] * (self.smat_lora_B[adapter].weight @ self.smat_lora_A[adapter].weight)
 
     def get_delta_params(self, adapter: str) -> list[torch.Tensor]:
-        """What merging `adapter` adds to each base parameter (task delta, plus `s·BA` on a LoRA weight)."""
-        deltas = list(self._adapter_deltas(adapter))
+        """What merging `adapter` adds to each base parameter (task delta, plus `s·BA` on a LoRA weight).
+
+        Always built from the deterministic eval masks (outside a task: `α = 1/M`), also in training mode.
+        """
+        deltas = list(self._adapter_deltas(adapter, merging=True))
         if adapter in self.smat_lora_A:
             deltas[self.param_names.index("weight")] = deltas[self.param_names.index("weight")] + self._lora_weight(
                 adapter

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from . import __version__
 from .config import SmatConfig
+from .hub import eval_results_metadata
 from .layer import SmatLayer, SmatModule
 from .peft_type import PREFIX
 from .router import RouterOutput, SmatRouter
@@ -84,6 +86,9 @@ class SmatModel(BaseTuner):
         self._feature_fn: Optional[FeatureFn] = None
         self._in_task = False
         self.last_router_outputs: dict[str, RouterOutput] = {}
+        self._warned_untrained_router: set[str] = set()
+        # Per adapter: results and meta-training facts for its model card (see `record_eval_results`).
+        self.card_records: dict[str, dict[str, Any]] = {}
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -160,7 +165,9 @@ class SmatModel(BaseTuner):
         self._prepare_adapter_config(config, self.get_model_config(model))  # fail on targets before the router
         if "smat_router" not in self._modules:
             self.smat_router = nn.ModuleDict()
-        self.smat_router[adapter_name] = self._make_router(config, model).train(model.training)
+        router = self._make_router(config, model)
+        if router is not None:  # None: no inferable feature size; the adapter then works outside tasks only
+            self.smat_router[adapter_name] = router.train(model.training)
         try:
             super().inject_adapter(
                 model,
@@ -170,7 +177,7 @@ class SmatModel(BaseTuner):
                 state_dict=state_dict,
             )
         except Exception:
-            del self.smat_router[adapter_name]
+            self.smat_router.pop(adapter_name, None)
             raise
         fingerprint = self._target_fingerprint(adapter_name)
         if config.target_fingerprint is not None and config.target_fingerprint != fingerprint:
@@ -184,14 +191,16 @@ class SmatModel(BaseTuner):
         config.base_model_class = config.base_model_class or model_class
         config.smat_version = config.smat_version or __version__
 
-    def _make_router(self, config: SmatConfig, model: nn.Module) -> SmatRouter:
+    def _make_router(self, config: SmatConfig, model: nn.Module) -> Optional[SmatRouter]:
+        """The adapter's router, or `None` when the size of the support features is neither given nor inferable.
+
+        Without a router the adapter still works outside tasks (`outside_task="uniform"`); `task(...)` then raises
+        (see `route`). Under peft's `low_cpu_mem_usage=True` the router is created on the meta device and stays
+        there until the adapter's weights are loaded into it (`load_state_dict(..., assign=True)`).
+        """
         feature_dim = config.feature_dim or infer_feature_dim(model)
         if feature_dim is None:
-            raise ValueError(
-                f"Cannot infer the size of the support features of a {type(model).__name__}. Pass it as "
-                "SmatConfig(feature_dim=...), e.g. 384 for a ViT-S, and make sure "
-                "the model's output (or the function given to `set_feature_fn`) returns features of that size."
-            )
+            return None
         router = SmatRouter(
             feature_dim=feature_dim,
             num_experts=config.num_experts,
@@ -202,7 +211,9 @@ class SmatModel(BaseTuner):
             temperature=config.router_temperature,
             test_temperature=config.router_test_temperature,
         )
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if any(t.is_meta for t in router.state_dict().values()):
+            return router  # low_cpu_mem_usage: nothing to copy yet
+        device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
         return router.to(device)
 
     def _target_fingerprint(self, adapter_name: str) -> str:
@@ -214,6 +225,33 @@ class SmatModel(BaseTuner):
 
     # ----------------------------------------------------------------------------------------------------------
     # peft bookkeeping for the routers
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """peft enters this around every `PeftModel.forward`. A training forward outside a task uses `α = 1/M`
+        (`outside_task="uniform"`), so the router takes no part in it and gets no gradient: say so, once per adapter.
+        """
+        if self.training and torch.is_grad_enabled() and not self._in_task:
+            for name in self.active_adapters:
+                router = self.smat_router[name] if name in self.smat_router else None
+                if (
+                    router is None
+                    or name in self._warned_untrained_router
+                    or self.peft_config[name].outside_task != "uniform"
+                    or not any(p.requires_grad for p in router.parameters())
+                ):
+                    continue
+                self._warned_untrained_router.add(name)
+                warnings.warn(
+                    f"The SMAT adapter '{name}' runs outside `model.task(...)` with equal expert weights (α = 1/M), so "
+                    "its router takes no part in this forward and receives no gradient: training here updates δ, "
+                    "the mask logits (and LoRA factors), not the router. To train the router, compute the loss "
+                    "inside `with model.task(support_pixel_values, support_labels):`; to keep it out of the "
+                    f"optimizer, call `model.base_model.smat_router['{name}'].requires_grad_(False)`.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        yield
+
     def _set_router_requires_grad(self) -> None:
         for name, router in self.smat_router.items():
             trainable = name in self.active_adapters and not self.peft_config[name].inference_mode
@@ -233,17 +271,54 @@ class SmatModel(BaseTuner):
         super().delete_adapter(adapter_name)
         if adapter_name in self.smat_router:
             del self.smat_router[adapter_name]
+        self.card_records.pop(adapter_name, None)
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
-        # log α is stored in the configured mask dtype, which may deliberately be 16-bit; the router stays fp32.
-        dtype = getattr(torch, self.peft_config[adapter_name].mask_dtype)
-        for _, layer in self.smat_layers():
-            if adapter_name in layer.smat_log_alpha:
-                for log_alpha in layer.smat_log_alpha[adapter_name]:
-                    log_alpha.data = log_alpha.data.to(dtype)
-        if autocast_adapter_dtype and adapter_name in self.smat_router:
-            self.smat_router[adapter_name].float()
+        """Give the adapter peft's dtypes; peft calls this after `get_peft_model`, `add_adapter` and `load_adapter`.
+
+        With `autocast_adapter_dtype=True`, δ, the LoRA factors and the router are float32 on a 16-bit base model
+        (and keep the base dtype otherwise, e.g. float64); with `False` they follow the dtype of the base parameter
+        they adapt (the router: the dtype of the adapted parameters). The mask logits `log α` follow the same rule,
+        except that a 16-bit `SmatConfig.mask_dtype` always stores them in that dtype (a deliberate storage choice).
+        Parameters are converted in place (`.data`), so optimizers holding them stay valid.
+        """
+        config = self.peft_config[adapter_name]
+        mask_dtype = getattr(torch, config.mask_dtype)
+        adapted_dtypes = []
+        for name, layer in self.smat_layers():
+            if adapter_name not in layer.smat_delta:
+                continue
+            dtypes = [self._adapter_dtype(adapter_name, f"{name}.{p}", b.dtype, autocast_adapter_dtype)
+                      for p, b in zip(layer.param_names, layer.base_params)]
+            adapted_dtypes += dtypes
+            for delta, log_alpha, dtype in zip(layer.smat_delta[adapter_name], layer.smat_log_alpha[adapter_name], dtypes):
+                _cast_(delta, dtype)
+                _cast_(log_alpha, dtype if mask_dtype == torch.float32 else mask_dtype)
+            if adapter_name in layer.smat_lora_A:
+                dtype = dtypes[layer.param_names.index("weight")]
+                for factor in (layer.smat_lora_A[adapter_name], layer.smat_lora_B[adapter_name]):
+                    _cast_(factor.weight, dtype)
+        router = self.smat_router[adapter_name] if adapter_name in self.smat_router else None
+        if router is not None:
+            dtype = adapted_dtypes[0] if adapted_dtypes else torch.float32
+            device = next((p.device for p in self.model.parameters() if not p.is_meta), None)
+            for tensor in router.state_dict(keep_vars=True).values():
+                if tensor.is_floating_point():
+                    _cast_(tensor, dtype)
+            if device is not None and not any(t.is_meta for t in router.state_dict().values()):
+                router.to(device)  # after a low_cpu_mem_usage load the weights sit where they were read
+
+    @staticmethod
+    def _adapter_dtype(adapter_name: str, param_name: str, base_dtype: torch.dtype, autocast: bool) -> torch.dtype:
+        if base_dtype in (torch.float16, torch.bfloat16) or (autocast and not base_dtype.is_floating_point):
+            return torch.float32 if autocast else base_dtype
+        if not base_dtype.is_floating_point:
+            raise TypeError(
+                f"The SMAT adapter '{adapter_name}' cannot follow the dtype {base_dtype} of the base parameter "
+                f"{param_name}: adapter weights must be floating point. Load it with autocast_adapter_dtype=True "
+                "(the default), which keeps the adapter in float32."
+            )
+        return base_dtype
 
     def _unload_and_optionally_merge(self, merge: bool = True, **kwargs: Any) -> nn.Module:
         layers = [layer for _, layer in self.smat_layers()]
@@ -321,7 +396,7 @@ class SmatModel(BaseTuner):
     def route(self, prototypes: torch.Tensor, adapter_name: Optional[str] = None) -> RouterOutput:
         """Expert weights of one adapter for given class prototypes."""
         adapter_name = adapter_name or self.active_adapters[0]
-        router = self.smat_router[adapter_name]
+        router = self._router(adapter_name)
         if prototypes.shape[-1] != router.feature_dim:
             raise ValueError(
                 f"The support features have size {prototypes.shape[-1]}, but the router of adapter "
@@ -335,6 +410,24 @@ class SmatModel(BaseTuner):
                 "(non-finite support features or router parameters; check the inputs and the training loss)."
             )
         return out
+
+    def _router(self, adapter_name: str) -> SmatRouter:
+        if adapter_name not in self.smat_router:
+            raise ValueError(
+                f"The SMAT adapter '{adapter_name}' has no router: the size of the support features of a "
+                f"{type(self.model).__name__} could not be inferred when the adapter was created, so it only works "
+                "outside tasks (SmatConfig(outside_task='uniform')). To condition it on support sets, create it with "
+                "SmatConfig(feature_dim=...) set to the size your features have (see `set_feature_fn`)."
+            )
+        router = self.smat_router[adapter_name]
+        if any(t.is_meta for t in router.state_dict().values()):
+            raise RuntimeError(
+                f"The router of the SMAT adapter '{adapter_name}' has no weights (meta device): the adapter was created "
+                "with low_cpu_mem_usage=True and its weights were never loaded. Load it with "
+                "PeftModel.from_pretrained / load_adapter from a directory holding its adapter_model.safetensors, or "
+                "create it without low_cpu_mem_usage."
+            )
+        return router
 
     @contextmanager
     def task(
@@ -370,9 +463,11 @@ class SmatModel(BaseTuner):
                 "The SMAT adapter is merged into the base weights; call `model.unmerge_adapter()` before "
                 "conditioning on a new task."
             )
+        for name in self.active_adapters:
+            self._router(name)  # an adapter without a router (or its weights) fails before the support forward
         if prototypes is None:
             prototypes = self.prototypes(support_pixel_values, support_labels, num_classes, **forward_kwargs)
-        outputs = {name: self.route(prototypes, name) for name in self.active_adapters if name in self.smat_router}
+        outputs = {name: self.route(prototypes, name) for name in self.active_adapters if name in self.peft_config}
         layers = [layer for _, layer in self.smat_layers()]
         try:
             for layer in layers:
@@ -472,6 +567,41 @@ class SmatModel(BaseTuner):
         return copy.deepcopy(layer.get_base_layer(), replacements)
 
     # ----------------------------------------------------------------------------------------------------------
+    # model card
+    def record_eval_results(
+        self,
+        eval_results: dict[str, Any],
+        meta_training: Optional[dict[str, Any]] = None,
+        adapter_name: Optional[str] = None,
+    ) -> None:
+        """Record an adapter's few-shot results for its model card.
+
+        `save_pretrained` and `push_to_hub` then write them into README.md, as a Markdown table and as the Hub's
+        `model-index` metadata (see `smat_peft.hub.build_model_card`).
+
+        Args:
+            eval_results (`dict[str, float | str]`): Domain → accuracy (a fraction, a percentage, or a string such as
+                `"80.1 ± 0.7"`).
+            meta_training (`dict`, *optional*): How the adapter was meta-trained, e.g. `{"steps": 1000}`.
+            adapter_name (`str`, *optional*): Defaults to the active adapter.
+
+        Example:
+
+        ```py
+        >>> model.base_model.record_eval_results({"omniglot": 0.91, "aircraft": 0.78})  # doctest: +SKIP
+        >>> model.save_pretrained("adapter")  # README.md carries model-index results  # doctest: +SKIP
+        ```
+        """
+        adapter_name = adapter_name or self.active_adapters[0]
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"No adapter named {adapter_name!r}; the adapters are {sorted(self.peft_config)}.")
+        eval_results_metadata(eval_results)  # validates the values now rather than at save time
+        record = {"eval_results": dict(eval_results)}
+        if meta_training is not None:
+            record["meta_training"] = dict(meta_training)
+        self.card_records[adapter_name] = record
+
+    # ----------------------------------------------------------------------------------------------------------
     # sparsity
     def _adapter_layers(self, adapter_name: Optional[str]) -> tuple[str, list[SmatLayer]]:
         adapter_name = adapter_name or self.active_adapters[0]
@@ -559,3 +689,9 @@ def _block_order(item: tuple[str, Any]) -> tuple[int, int, str]:
     """Blocks in numeric order ("2" before "10"), then named groups such as "other"."""
     key = item[0]
     return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
+def _cast_(tensor: torch.Tensor, dtype: torch.dtype) -> None:
+    """Convert a parameter or buffer to `dtype` in place, keeping the object (optimizers and caches hold it)."""
+    if tensor.dtype != dtype:
+        tensor.data = tensor.data.to(dtype)

@@ -1,9 +1,11 @@
 """Pushing SMAT adapters to the Hub and loading them back, through the real huggingface_hub client and a fake Hub."""
 
+import inspect
+
 import pytest
 import torch
 import yaml
-from huggingface_hub import hf_hub_download
+from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from peft import PeftModel
 
@@ -132,8 +134,8 @@ def test_plain_push_to_hub_lands_the_smat_card(fake_hub, support):
     assert meta["library_name"] == "peft" and {"smat-peft", "peft", "few-shot"} <= set(meta["tags"])
     assert fake_hub.repo("user/plain").private
     assert fake_hub.repo("user/plain").history("main")[-1].message == "plain push"
-    with pytest.raises(TypeError, match="create_pr"):
-        model.push_to_hub("user/plain", create_pr=True)
+    with pytest.raises(TypeError, match="not_an_argument"):
+        model.push_to_hub("user/plain", not_an_argument=True)
 
 
 def test_push_to_hub_of_other_peft_methods_is_unchanged(fake_hub):
@@ -159,3 +161,124 @@ def test_card_describes_the_adapter_configuration():
     assert "**mean**" not in card and "## Meta-training" not in card
     with pytest.raises(ValueError, match="cub"):
         smat_model_card(config, eval_results={"cub": 180.0})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model cards through huggingface_hub, written by save_pretrained and push_to_hub
+RESULTS = {"omniglot": 0.9, "aircraft": "80.5 ± 0.7"}
+
+
+def model_index(card) -> dict:
+    return {r.dataset_name: r.metric_value for r in card.data.eval_results or []}
+
+
+def test_save_pretrained_writes_the_smat_card_not_peft_template(tmp_path):
+    smat_vit().save_pretrained(tmp_path)
+
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "image-classification"
+    assert {"smat-peft", "peft", "few-shot", "transformers"} <= set(card.data.tags)
+    assert card.text.lstrip().startswith("# SMAT adapter") and "**Number of experts (M):** 4" in card.text
+    assert "[More Information Needed]" not in card.text  # peft's blank template is gone
+    assert card.data.eval_results is None
+
+
+def test_recorded_results_become_model_index_on_save(tmp_path):
+    model = smat_vit()
+    model.base_model.record_eval_results(RESULTS, meta_training={"steps": 10})
+    model.save_pretrained(tmp_path)
+
+    card = ModelCard.load(tmp_path / "README.md")
+    assert model_index(card) == {"omniglot": 90.0, "aircraft": 80.5}
+    result = card.data.eval_results[0]
+    assert (result.task_type, result.metric_type) == ("image-classification", "accuracy")
+    assert "| aircraft | 80.5 ± 0.7 |" in card.text and "- **Steps:** 10" in card.text
+    model.base_model.card_records.clear()
+    model.save_pretrained(tmp_path)  # saving again keeps the results of the card already there
+    assert model_index(ModelCard.load(tmp_path / "README.md")) == {"omniglot": 90.0, "aircraft": 80.5}
+    with pytest.raises(ValueError, match="cub"):
+        model.base_model.record_eval_results({"cub": 180.0})
+
+
+def test_a_card_the_user_wrote_keeps_its_text_and_gains_smat_metadata(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# My adapter\n\nHand-written notes.\n")
+    model = smat_vit()
+    model.base_model.record_eval_results({"omniglot": 0.5})
+    model.save_pretrained(tmp_path)
+
+    card = ModelCard.load(tmp_path / "README.md")
+    assert "Hand-written notes." in card.text and card.data.license == "mit"
+    assert card.data.library_name == "peft" and "smat-peft" in card.data.tags
+    assert card.data.pipeline_tag == "image-classification" and model_index(card) == {"omniglot": 50.0}
+
+
+def test_pushed_card_has_model_index_results_that_model_card_load_reads_back(fake_hub):
+    model = smat_vit()
+    model.base_model.record_eval_results(RESULTS)
+    model.push_to_hub("user/smat-vit")
+
+    card = ModelCard.load("user/smat-vit")
+    assert model_index(card) == {"omniglot": 90.0, "aircraft": 80.5}
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "image-classification"
+    assert "model-index" in fake_hub.files("user/smat-vit")["README.md"].decode()
+    push_smat_to_hub(model, "user/other", eval_results={"cub": 0.7})  # explicit results win over recorded ones
+    assert model_index(ModelCard.load("user/other")) == {"cub": 70.0}
+
+
+def test_create_pr_opens_a_pull_request_with_the_card(fake_hub, support):
+    model = smat_vit()
+    model.base_model.record_eval_results(RESULTS)
+    info = model.push_to_hub(
+        "user/smat-vit", create_pr=True, commit_message="Add SMAT", commit_description="Meta-trained on 2 domains",
+        tags=["my-tag"],
+    )
+
+    repo = fake_hub.repo("user/smat-vit")
+    assert info.pr_num == 1 and info.pr_url.endswith("/user/smat-vit/discussions/1")
+    pr = repo.pull_requests[1]
+    assert (pr.base, pr.title, pr.description) == ("main", "Add SMAT", "Meta-trained on 2 domains")
+    assert set(fake_hub.files("user/smat-vit")) == {".gitattributes"}  # main untouched
+    assert set(fake_hub.files("user/smat-vit", revision="refs/pr/1")) == ADAPTER_FILES | {".gitattributes"}
+    card = ModelCard.load(hf_hub_download("user/smat-vit", "README.md", revision="refs/pr/1"))
+    assert "my-tag" in card.data.tags and model_index(card) == {"omniglot": 90.0, "aircraft": 80.5}
+    loaded = PeftModel.from_pretrained(make_tiny_model("vit_cls"), "user/smat-vit", revision="refs/pr/1").eval()
+    assert torch.equal(task_logits(loaded, support), task_logits(model, support))
+
+
+def test_push_to_hub_takes_every_argument_of_peft_push_to_hub(fake_hub):
+    from transformers.utils import PushToHubMixin
+
+    peft_arguments = set(inspect.signature(PushToHubMixin.push_to_hub).parameters) - {"self", "repo_id"}
+    values = {
+        "commit_message": "message", "commit_description": "description", "private": True, "token": "hf_fake",
+        "revision": "v1", "create_pr": False, "max_shard_size": "1GB", "tags": ["extra"],
+    }
+    assert peft_arguments == set(values)
+    smat_vit().push_to_hub("user/all-args", **values)
+
+    repo = fake_hub.repo("user/all-args")
+    commit = repo.history("v1")[-1]
+    assert repo.private and (commit.message, commit.description) == ("message", "description")
+    assert "extra" in ModelCard.load(hf_hub_download("user/all-args", "README.md", revision="v1")).data.tags
+
+
+def test_the_peft_hooks_are_installed_once_and_leave_other_methods_alone(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from smat_peft.hub import install_model_card, install_push_to_hub
+
+    hooks = (PeftModel.push_to_hub, PeftModel.create_or_update_model_card)
+    install_push_to_hub()
+    install_model_card()
+    assert (PeftModel.push_to_hub, PeftModel.create_or_update_model_card) == hooks
+    assert not getattr(PeftModel.push_to_hub.__wrapped__, "_smat_routed", False)
+    assert not getattr(PeftModel.create_or_update_model_card.__wrapped__, "_smat_card", False)
+    lora = get_peft_model(make_tiny_model("vit_cls"), LoraConfig(target_modules=["q_proj"]))
+    lora.save_pretrained(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert "smat-peft" not in (card.data.tags or []) and card.data.pipeline_tag is None
+
+
+def test_the_card_has_no_empty_base_model_tag_for_a_model_without_a_name(tmp_path):
+    smat_vit().save_pretrained(tmp_path)
+    assert not [tag for tag in ModelCard.load(tmp_path / "README.md").data.tags if tag.endswith(":")]

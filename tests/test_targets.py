@@ -124,12 +124,15 @@ class TimmLikeViT(nn.Module):
         return self.norm(x)[:, 0]
 
 
-def test_model_without_transformers_config_needs_target_modules_and_feature_dim(support):
+def test_model_without_transformers_config_needs_target_modules_and_feature_dim_for_tasks(support):
     x, y, q = support
     with pytest.raises(ValueError, match="target_modules"):
         get_smat_model(TimmLikeViT(), SmatConfig(num_experts=2))
-    with pytest.raises(ValueError, match=r"feature_dim"):
-        get_smat_model(TimmLikeViT(), SmatConfig(num_experts=2, target_modules=["qkv", "proj", "fc1", "fc2"]))
+    # without feature_dim the adapter has no router: it is created, and a task asks for feature_dim
+    no_router = get_smat_model(TimmLikeViT(), SmatConfig(num_experts=2, target_modules=["qkv", "proj", "fc1", "fc2"]))
+    with pytest.raises(ValueError, match=r"'default' has no router.*feature_dim"):
+        with no_router.task(x, y):
+            pass
     base = TimmLikeViT()
     reference = base(q)
     config = SmatConfig(num_experts=4, feature_dim=32, target_modules=["qkv", "proj", "fc1", "fc2"])

@@ -101,14 +101,31 @@ class FakeCommit:
 
 
 @dataclass
+class FakePullRequest:
+    """A pull request opened by a `create_pr=True` commit: its number, target branch, title and description. Its
+    commits live on the ref `refs/pr/<num>` (in `FakeRepo.branches`), as on the Hub."""
+
+    num: int
+    base: str
+    title: str
+    description: str
+
+    @property
+    def ref(self) -> str:
+        return f"refs/pr/{self.num}"
+
+
+@dataclass
 class FakeRepo:
-    """A repository: visibility, branches (name → head commit id) and every commit by id."""
+    """A repository: visibility, branches (name → head commit id, also `refs/pr/<n>`), every commit by id, and the
+    pull requests by number."""
 
     repo_id: str
     repo_type: str
     private: bool
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, FakeCommit] = field(default_factory=dict)
+    pull_requests: dict[int, FakePullRequest] = field(default_factory=dict)
 
     def resolve(self, revision: str) -> Optional[FakeCommit]:
         """The commit a branch name or a (full or abbreviated) commit id points to, or None."""
@@ -300,8 +317,6 @@ class FakeHub:
     def api_commit(self, type: str, repo: str, rev: str, raw: bytes, auth: Optional[str], query: dict, **_: Any):
         self._require_auth(auth)
         fake = self._get_repo(type, repo, auth)
-        if query.get("create_pr"):
-            raise _HubError(400, "The fake Hub does not support pull requests")
         if rev not in fake.branches:
             raise _HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         files = dict(fake.commits[fake.branches[rev]].files)
@@ -328,13 +343,20 @@ class FakeHub:
                 files = {p: d for p, d in files.items() if not p.startswith(folder)}
             else:  # lfsFile, ...: the fake only accepts regular uploads (preupload never answers "lfs")
                 raise _HubError(400, f"Unsupported commit operation {key!r}")
-        oid = self._commit(fake, rev, header.get("summary", ""), header.get("description", ""), files)
+        summary, description = header.get("summary", ""), header.get("description", "")
+        pull_request = None
+        if query.get("create_pr", ["0"])[0].lower() in ("1", "true"):
+            # a new pull request against `rev`: its commit goes to refs/pr/<n>, `rev` itself is untouched
+            pull_request = FakePullRequest(len(fake.pull_requests) + 1, rev, summary, description)
+            fake.pull_requests[pull_request.num] = pull_request
+            rev = pull_request.ref
+        oid = self._commit(fake, rev, summary, description, files)
         return 200, {
             "success": True,
             "commitOid": oid,
             # on the same host as the endpoint, otherwise the client rejects the URL (HfUriError)
             "commitUrl": f"{self._repo_url(fake)}/commit/{oid}",
-            "pullRequestUrl": None,
+            "pullRequestUrl": f"{self._repo_url(fake)}/discussions/{pull_request.num}" if pull_request else None,
         }
 
     def api_create_branch(self, type: str, repo: str, rev: str, body: dict[str, Any], auth: Optional[str], **_: Any):
