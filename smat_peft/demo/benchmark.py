@@ -730,6 +730,12 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
                 run["sparsity"] = model.base_model.sparsity_report()
                 run["diagnostics"] = expert_diagnostics(model, domains, sampler_class, args)
             run["evaluation_s"] = time.perf_counter() - t
+            if method in SMAT_FAMILY:  # the adapter's model card carries its test accuracy (model-index)
+                direct = run["models"]["direct"][FINETUNE_SETTING]
+                model.base_model.record_eval_results(
+                    {f"{d} 5-way 5-shot": f"{e['mean']:.1f} ± {e['ci95']:.1f}" for d, e in direct.items()},
+                    meta_training={"method": method, "steps": args.steps, "tasks_per_update": args.tasks_per_update,
+                                   "train_domains": args.train_domains, "training_seed": seed})
             if method != "pretrained":
                 run["model_path"] = _save_trained_model(method, model, run_dir, args)
             _write_json(run_dir / "result.json", run)
