@@ -14,7 +14,7 @@
 """The `smat-peft` command line.
 
     smat-peft push ADAPTER_DIR REPO_ID [--private] [--revision REV] [--subfolder DIR] [--commit-message MSG]
-                   [--token TOKEN] [--base-model NAME_OR_PATH]
+                   [--token TOKEN] [--base-model NAME_OR_PATH] [--include PATTERN ...] [--dry-run]
     smat-peft export ADAPTER_DIR OUTPUT_DIR [--delta-dtype {float16,bfloat16,float32}] [--base-model NAME_OR_PATH]
                      [--verify]
 
@@ -61,6 +61,19 @@ def add_push_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME_OR_PATH",
         help="Base model named in the model card (default: base_model_name_or_path from adapter_config.json).",
     )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="Also upload the files matching this path or glob, relative to ADAPTER_DIR (repeatable). Only the "
+        "adapter's own files are uploaded otherwise; training state and checkpoints never are.",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="List the files that would be uploaded and exit, without contacting the Hub.",
+    )
     parser.set_defaults(func=run_push)
     return parser
 
@@ -77,7 +90,14 @@ def run_push(args: argparse.Namespace) -> int:
         commit_message=args.commit_message,
         base_model=args.base_model,
         token=args.token,
+        include=args.include,
+        dry_run=args.dry_run,
     )
+    if args.dry_run:
+        _print(f"Would upload to {args.repo_id} (dry run, nothing sent):")
+        for path in url:
+            _print(f"  {path}")
+        return 0
     _print(f"Pushed {args.adapter_dir} to {args.repo_id}: {url}")
     return 0
 

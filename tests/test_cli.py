@@ -175,3 +175,52 @@ def test_meta_train_help_lists_every_training_argument(capsys):
     text = capsys.readouterr().out
     for flag in ("--inner_steps", "--distillation_direction", "--tasks_per_update", "--train_datasets", "--config"):
         assert flag in text
+
+
+def hostile_adapter_dir(directory, tmp_path):
+    """An adapter directory that also holds training state, a checkpoint and a symlink to a file outside it."""
+    (directory / "training_args.bin").write_bytes(b"pickled training arguments")
+    checkpoint = directory / "checkpoint-3"
+    checkpoint.mkdir()
+    for name in ("adapter_config.json", SAFETENSORS_NAME):
+        (checkpoint / name).write_bytes((directory / name).read_bytes())
+    (checkpoint / "training_state.json").write_text("{}")
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("a system file")
+    os.symlink(secret, directory / "x.safetensors")
+    (directory / "notes.txt").write_text("my notes")
+    return directory
+
+
+def test_push_uploads_only_the_adapter_files(fake_hub, adapter_dir, tmp_path):
+    directory = hostile_adapter_dir(adapter_dir[0], tmp_path)
+    assert main(["push", str(directory), "user/smat-vit"]) == 0
+    files = set(fake_hub.files("user/smat-vit")) - {".gitattributes"}
+    assert files == {"README.md", "adapter_config.json", SAFETENSORS_NAME}
+
+
+def test_push_dry_run_lists_the_files_and_contacts_nobody(fake_hub, adapter_dir, tmp_path, capsys):
+    directory = hostile_adapter_dir(adapter_dir[0], tmp_path)
+    assert main(["push", str(directory), "user/smat-vit", "--dry-run", "--include", "*.txt", "--subfolder", "s"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.strip() for line in out.splitlines()[1:]]
+    assert listed == ["s/README.md", "s/adapter_config.json", f"s/{SAFETENSORS_NAME}", "s/notes.txt"]
+    assert not fake_hub.repos
+
+
+@pytest.mark.parametrize("pattern", ["checkpoint-3/*", "training_args.bin"])
+def test_push_include_never_uploads_training_state(fake_hub, adapter_dir, tmp_path, capsys, pattern):
+    directory = hostile_adapter_dir(adapter_dir[0], tmp_path)
+    assert main(["push", str(directory), "user/smat-vit", "--include", pattern]) == 1
+    assert "never uploads" in capsys.readouterr().err
+    assert not fake_hub.repos
+
+
+def test_push_refuses_weights_that_are_a_symlink_out_of_the_folder(fake_hub, adapter_dir, tmp_path, capsys):
+    directory, _ = adapter_dir
+    outside = tmp_path / "elsewhere.safetensors"
+    os.replace(directory / SAFETENSORS_NAME, outside)
+    os.symlink(outside, directory / SAFETENSORS_NAME)
+    assert main(["push", str(directory), "user/smat-vit"]) == 1
+    assert "outside" in capsys.readouterr().err and not fake_hub.repos
