@@ -43,7 +43,6 @@ import json
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -63,9 +62,11 @@ from .integrity import (
     check_safetensors,
     check_weights_checksum,
     commit_directory,
+    discard_staging,
     download_adapter_file,
     file_sha256,
     read_adapter_config,
+    recover_directory,
     staging_directory,
 )
 from .layer import SmatLayer
@@ -250,10 +251,9 @@ def export_compact(
         }
         config.weights_sha256 = file_sha256(weights)
         config.save_pretrained(staging)
-        os.makedirs(target, exist_ok=True)
         commit_directory(staging, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_staging(staging, target)
     return os.path.join(target, COMPACT_WEIGHTS_NAME)
 
 
@@ -263,6 +263,7 @@ def _compact_files(source: str, subfolder: Optional[str], **kwargs: Any) -> tupl
     """Local paths of a compact export's config and weights (downloaded for a Hub repo id), and a display name."""
     local = os.path.join(source, subfolder) if subfolder else source
     if os.path.isdir(local):
+        recover_directory(local)  # finish an export that a kill interrupted after it was complete
         weights = os.path.join(local, COMPACT_WEIGHTS_NAME)
         return os.path.join(local, CONFIG_NAME), weights if os.path.isfile(weights) else None, local
     if os.path.exists(local) or os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1:

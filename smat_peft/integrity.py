@@ -37,6 +37,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Optional
@@ -210,6 +211,7 @@ def check_adapter_dir(directory: str, allow_compact: bool = False) -> dict[str, 
         raise AdapterFileNotFoundError(
             f"SMAT adapter directory {directory} is {kind}: pass the directory that `save_pretrained` wrote."
         )
+    recover_directory(directory)  # finish a save that a kill interrupted after it was complete
     config_path = os.path.join(directory, CONFIG_NAME)
     attributes = read_adapter_config(config_path)
     compact = attributes.get("compact")
@@ -332,32 +334,155 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def commit_directory(staging: str, target: str) -> list[str]:
-    """Move every file of `staging` into `target` (same relative paths) with `os.replace`: weights, then other
-    files, then `adapter_config.json`. Each file replaces its previous version atomically; other files in `target`
-    are left alone. Returns the relative paths moved.
+JOURNAL_NAME = ".smat_commit.json"
+_STAGING_NAME = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _write_json_durably(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(value))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def recover_directory(target: str) -> bool:
+    """Finish a commit into `target` that a killed process left half done; return whether there was one.
+
+    [`commit_directory`] writes a journal (`.smat_commit.json`: the staging directory and its files) into `target`
+    before it moves the first file and removes it after the last, so a journal on disk means "the staging directory
+    is complete, roll forward": the files still in staging are moved into place. Run by every save into `target` and
+    by every SMAT loader before it checks `target`.
     """
+    journal = os.path.join(target, JOURNAL_NAME)
+    if not os.path.isfile(journal):
+        return False
+    try:
+        with open(journal, encoding="utf-8") as f:
+            record = json.load(f)
+        staging_name, files = record["staging"], list(record["files"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise AdapterIntegrityError(
+            f"{journal} records an interrupted save but cannot be read ({error}). Save the adapter again."
+        ) from None
+    safe = isinstance(staging_name, str) and _STAGING_NAME.match(staging_name) and all(
+        isinstance(rel, str) and not os.path.isabs(rel) and ".." not in rel.replace("\\", "/").split("/")
+        for rel in files
+    )
+    if not safe:
+        raise AdapterIntegrityError(f"{journal} names files outside the adapter directory; delete it and save again.")
+    staging = os.path.join(os.path.dirname(os.path.realpath(target)), staging_name)
+    try:
+        for rel in files:
+            source = os.path.join(staging, rel)
+            if os.path.isfile(source):
+                os.makedirs(os.path.dirname(os.path.join(target, rel)), exist_ok=True)
+                os.replace(source, os.path.join(target, rel))
+        _fsync(target)
+        os.remove(journal)
+        _fsync(target)
+    except OSError as error:
+        raise AdapterIntegrityError(
+            f"A save into {target} was interrupted and cannot be completed here ({error}): the complete new files "
+            f"are in {staging}. Run the load once with write access to {target}, or save the adapter again."
+        ) from None
+    shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def commit_directory(staging: str, target: str) -> list[str]:
+    """Move every file of `staging` into `target` (same relative paths), so that a kill at any instant leaves
+    either the previous files or the new ones loadable; returns the relative paths moved.
+
+    The files are made durable, then a journal naming `staging` and its files is written into `target` (one atomic
+    `os.replace`): from that instant the save counts as done, and [`recover_directory`] (run by the next save and by
+    every SMAT loader) finishes a move that a kill interrupted. Then each file replaces its previous version with
+    `os.replace` (weights first, configs last), the journal is removed and `staging` deleted. Other files in
+    `target` are left alone. `staging` must be a sibling of `target` made by [`staging_directory`].
+    """
+    target = os.path.realpath(target)
     files = []
     for root, _, names in os.walk(staging):
         for name in names:
             files.append(os.path.relpath(os.path.join(root, name), staging))
     files.sort(key=lambda rel: (_commit_order(rel), rel))
+    os.makedirs(target, exist_ok=True)
+    recover_directory(target)
     for rel in files:
-        source, destination = os.path.join(staging, rel), os.path.join(target, rel)
+        _fsync(os.path.join(staging, rel))
+    for root, _, _ in os.walk(staging):
+        _fsync(root)
+    journal = os.path.join(target, JOURNAL_NAME)
+    _write_json_durably(journal, {"staging": os.path.basename(os.path.normpath(staging)), "files": files})
+    _fsync(target)
+    for rel in files:
+        destination = os.path.join(target, rel)
         os.makedirs(os.path.dirname(destination), exist_ok=True)
-        _fsync(source)
-        os.replace(source, destination)
-    if files:
-        _fsync(target)
+        os.replace(os.path.join(staging, rel), destination)
+    _fsync(target)
+    os.remove(journal)
+    _fsync(target)
+    shutil.rmtree(staging, ignore_errors=True)
     return files
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, AttributeError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str) -> list[str]:
+    """Delete the staging directories that killed saves into `target` left beside it; return their paths.
+
+    A staging directory `.<name>.tmp-<pid>-<random>` is stale when process `<pid>` no longer runs and no journal in
+    `target` still needs it (see [`recover_directory`]).
+    """
+    target = os.path.realpath(target)
+    parent, base = os.path.dirname(target), os.path.basename(target)
+    if os.path.isdir(target):
+        recover_directory(target)
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = _STAGING_NAME.match(name)
+        if match and match.group("base") == base and not _pid_alive(int(match.group("pid"))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def discard_staging(staging: str, target: str) -> None:
+    """Delete `staging` after a failed or finished save, unless a journal in `target` still needs its files."""
+    journal = os.path.join(os.path.realpath(target), JOURNAL_NAME)
+    if os.path.isfile(journal):
+        try:
+            with open(journal, encoding="utf-8") as f:
+                if json.load(f).get("staging") == os.path.basename(os.path.normpath(staging)):
+                    return
+        except (OSError, ValueError, AttributeError):
+            return
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def staging_directory(target: str) -> str:
-    """A new empty temporary directory next to `target` (same filesystem, so `os.replace` is atomic)."""
+    """A new empty temporary directory next to `target` (same filesystem, so `os.replace` is atomic), after
+    finishing an interrupted commit into `target` and removing stale temporaries of killed saves."""
     target = os.path.realpath(target)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    remove_stale_temporaries(target)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-{os.getpid()}-", dir=parent)
 
 
 def record_weights_checksum(directory: str) -> Optional[str]:
@@ -423,10 +548,9 @@ def install_atomic_save() -> None:
             original(self, staging, *args, **kwargs)
             for name in selected:
                 record_weights_checksum(staging if name == "default" else os.path.join(staging, name))
-            os.makedirs(target, exist_ok=True)
             commit_directory(staging, target)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_staging(staging, target)
 
     save_pretrained._smat_atomic = True
     PeftModel.save_pretrained = save_pretrained

@@ -239,3 +239,110 @@ def test_a_hub_adapter_without_weights_is_refused(fake_hub):
     with pytest.raises(AdapterFileNotFoundError, match=missing):
         PeftModel.from_pretrained(base, "user/smat-vit")
     assert untouched(base)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# kill -9 during saves and exports
+def _killed_at_replace(k, save):
+    """Run `save()` in a forked child that dies (os._exit, no cleanup, like kill -9) at its k-th `os.replace`, before
+    (even k) or after (odd k) the call; return whether the child got that far."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:  # child
+        calls, original = [0], os.replace
+
+        def dying_replace(src, dst, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == k // 2 + 1 and k % 2 == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            original(src, dst, *args, **kwargs)
+            if calls[0] == k // 2 + 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        os.replace = dying_replace
+        try:
+            save()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
+
+
+def _kill_at_every_step(tmp_path, support, save, load):
+    """Kill a save over an existing adapter at every file move; the directory must load as the old or the new one."""
+    old, new = smat_classifier(), smat_classifier(binary=False)
+    save(old, tmp_path / "old")
+    save(new, tmp_path / "new")
+    old_logits, new_logits = task_logits(load(tmp_path / "old"), support), task_logits(load(tmp_path / "new"), support)
+    assert not torch.equal(old_logits, new_logits)
+    outcomes, k = set(), 0
+    while True:
+        directory = tmp_path / f"run{k}" / "adapter"
+        save(old, directory)
+        if not _killed_at_replace(k, lambda: save(new, directory)):
+            break  # the save finished before its k-th move: every instant was covered
+        logits = task_logits(load(directory), support)
+        assert torch.equal(logits, old_logits) or torch.equal(logits, new_logits), f"kill at step {k}"
+        outcomes.add("new" if torch.equal(logits, new_logits) else "old")
+        save(new, directory)  # the next save cleans up after the killed one
+        assert [n for n in os.listdir(directory.parent) if n != "adapter"] == [], f"stale temporaries at step {k}"
+        k += 1
+    assert k >= 4 and outcomes == {"old", "new"}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_kill_at_any_instant_of_save_pretrained_leaves_the_old_or_the_new_adapter(tmp_path, support):
+    _kill_at_every_step(
+        tmp_path, support, lambda model, d: model.save_pretrained(d),
+        lambda d: PeftModel.from_pretrained(make_tiny_model("vit_cls"), d).eval(),
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_kill_at_any_instant_of_export_leaves_the_old_or_the_new_export(tmp_path, support):
+    _kill_at_every_step(
+        tmp_path, support, lambda model, d: export_compact(model, d, delta_dtype="float32"),
+        lambda d: load_compact(make_tiny_model("vit_cls"), d),
+    )
+
+
+_KILL_LOOP = r"""
+import sys, torch, smat_peft
+from test_export import smat_classifier
+target, seed = sys.argv[1], int(sys.argv[2])
+model = smat_classifier(binary=False)
+print("ready", flush=True)
+while True:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "smat_delta" in name:
+                param.add_(0.01)
+    model.save_pretrained(target)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "kill"), reason="needs kill -9")
+def test_kill_9_during_repeated_save_pretrained_always_leaves_a_loadable_adapter(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tests_dir = os.path.dirname(__file__)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}
+    target = tmp_path / "adapter"
+    smat_classifier().save_pretrained(target)
+    rng = random.Random(0)
+    for trial in range(20):
+        process = subprocess.Popen([sys.executable, "-c", _KILL_LOOP, str(target), str(trial)], env=env,
+                                   stdout=subprocess.PIPE, cwd=tests_dir)
+        assert process.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.05, 1.5))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        PeftModel.from_pretrained(make_tiny_model("vit_cls"), target)  # raises if the kill broke it
+    smat_classifier().save_pretrained(target)
+    assert os.listdir(tmp_path) == ["adapter"]
