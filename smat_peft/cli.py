@@ -283,13 +283,15 @@ def _training_dataclasses(args: argparse.Namespace):
             (ModelArguments, DataArguments, MetaTrainingArguments)]
 
 
-def _build_model(model_args, for_training: bool):
-    from transformers import AutoImageProcessor, AutoModel
+def _build_model(model_args, for_training: bool, seed: Optional[int] = None):
+    from transformers import AutoImageProcessor, AutoModel, set_seed
 
     from . import SmatConfig, get_smat_model
 
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a local transformers model directory or a Hub id).")
+    if seed is not None:  # --seed also fixes the adapter's (and any newly initialised head's) initial weights
+        set_seed(seed)
     backbone = AutoModel.from_pretrained(model_args.model_name_or_path)
     try:
         processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
@@ -315,7 +317,7 @@ def run_meta_train(args: argparse.Namespace) -> int:
         raise ValueError("--method pretrained has nothing to train; use `smat-peft evaluate --method pretrained`.")
     if not data_args.train_datasets:
         raise ValueError("--train_datasets is required, e.g. --train_datasets emoji=/data/emoji cards=/data/cards.")
-    model, processor = _build_model(model_args, for_training=True)
+    model, processor = _build_model(model_args, for_training=True, seed=training_args.seed)
     trainer = SmatMetaTrainer(model, training_args, train_datasets=load_domains(data_args.train_datasets),
                               eval_datasets=load_domains(data_args.eval_datasets), image_processor=processor)
     metrics = trainer.train()

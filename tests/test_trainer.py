@@ -108,7 +108,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, domains, 
 def test_corrupt_checkpoint_is_reported(tmp_path, domains):
     train, _ = domains
     SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
-    state = tmp_path / "checkpoint-2" / "training_state.pt"
+    state = tmp_path / "checkpoint-2" / "training_state.safetensors"
     state.write_bytes(state.read_bytes()[:100])
     trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
     with pytest.raises(RuntimeError, match="checkpoint-2.*incomplete or corrupt"):

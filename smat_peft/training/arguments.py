@@ -20,6 +20,7 @@ Defaults follow the paper's ViT-S setting (see `docs/training.md`); where the re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 @dataclass
@@ -36,7 +37,20 @@ class MetaTrainingArguments:
     """
 
     output_dir: str = field(default="smat-output", metadata={"help": "Where checkpoints, the best adapter and metrics.json go."})
-    seed: int = field(default=0, metadata={"help": "Seed of the episode stream, class splits and model noise."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start anew in an `output_dir` that holds a previous run: its checkpoints, `latest` and "
+                  "`best` are deleted first. Without it (and without `resume_from_checkpoint`) such a run is refused."},
+    )
+    resume_from_checkpoint: Optional[str] = field(
+        default=None,
+        metadata={"help": "Resume from this checkpoint directory, or 'latest' for the one `output_dir/latest` names."},
+    )
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the episode stream, class splits and model noise; `smat-peft meta-train` also seeds "
+                  "the adapter's initialisation with it."},
+    )
 
     # ---- episodes
     image_column: str = field(default="image", metadata={"help": "Image column of the datasets."})
