@@ -224,3 +224,44 @@ def test_push_refuses_weights_that_are_a_symlink_out_of_the_folder(fake_hub, ada
     os.symlink(outside, directory / SAFETENSORS_NAME)
     assert main(["push", str(directory), "user/smat-vit"]) == 1
     assert "outside" in capsys.readouterr().err and not fake_hub.repos
+
+
+def _tiny_run_config(root, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"model_name_or_path: {root / 'vit'}\nnum_experts: 2\ntrain_datasets: ['a={root / 'a'}']\n"
+        "max_steps: 2\ntasks_per_update: 1\nways: 5\nshots: 2\nqueries: 2\nimage_size: 32\nwarmup_steps: 0\n"
+        "eval_steps: 0\nsave_steps: 1\ndisable_tqdm: true\n"
+    )
+    return config
+
+
+def test_two_meta_train_runs_with_the_same_seed_are_bit_identical(training_assets, tmp_path):
+    from safetensors.torch import load_file
+
+    config = _tiny_run_config(training_assets, tmp_path)
+    for run in ("one", "two"):
+        assert main(["meta-train", "--config", str(config), "--seed", "3", "--output_dir", str(tmp_path / run)]) == 0
+    one = load_file(tmp_path / "one" / "adapter" / SAFETENSORS_NAME)
+    two = load_file(tmp_path / "two" / "adapter" / SAFETENSORS_NAME)
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    # the initial adapter is seeded too: another seed gives other router weights from the start
+    assert main(["meta-train", "--config", str(config), "--seed", "4", "--output_dir", str(tmp_path / "three")]) == 0
+    three = load_file(tmp_path / "three" / "adapter" / SAFETENSORS_NAME)
+    assert any(not torch.equal(one[k], three[k]) for k in one if "router" in k)
+
+
+def test_rerunning_meta_train_into_a_previous_run_is_refused_and_resumable(training_assets, tmp_path, capsys):
+    config = _tiny_run_config(training_assets, tmp_path)
+    out = str(tmp_path / "run")
+    assert main(["meta-train", "--config", str(config), "--output_dir", out]) == 0
+    capsys.readouterr()
+    assert main(["meta-train", "--config", str(config), "--output_dir", out, "--max_steps", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "previous run" in err and "--resume_from_checkpoint latest" in err and "--overwrite_output_dir" in err
+    assert main(["meta-train", "--config", str(config), "--output_dir", out, "--max_steps", "3",
+                 "--resume_from_checkpoint", "latest"]) == 0
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["train_history"]
+    assert [entry["step"] for entry in history] == [2, 3]  # continued from step 2, not restarted
+    assert main(["meta-train", "--config", str(config), "--output_dir", out, "--overwrite_output_dir"]) == 0
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]

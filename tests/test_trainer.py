@@ -180,3 +180,124 @@ def test_two_processes_match_one_process_with_two_tasks_per_update(tmp_path):
     for key in one:
         # same episodes and noise; only the order of the floating-point gradient sums differs
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), (key, (one[key] - two[key]).abs().max())
+
+
+# ---- checkpoints without pickle, runs that don't eat each other ----------------------------------------------------
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['SMAT_PWNED']}",))
+
+
+def test_checkpoints_hold_no_pickle_and_a_crafted_pickle_never_runs(tmp_path, domains, monkeypatch):
+    import pickle
+
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    files = {str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file()}
+    assert files == {"training_state.safetensors", "training_state.json", "adapter/adapter_config.json",
+                     "adapter/adapter_model.safetensors", "adapter/README.md"}
+    # an old-style checkpoint whose training_state.pt runs code when unpickled
+    for name in ("training_state.safetensors", "training_state.json"):
+        os.remove(checkpoint / name)
+    monkeypatch.setenv("SMAT_PWNED", str(tmp_path / "pwned"))
+    (checkpoint / "training_state.pt").write_bytes(pickle.dumps({"global_step": _RunsCode()}))
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
+    with pytest.raises(RuntimeError, match="checkpoint-2.*incomplete or corrupt"):
+        trainer.train(resume_from_checkpoint=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("damage", ["adapter weights", "state json", "state tensors"])
+def test_a_damaged_checkpoint_never_resumes_silently(tmp_path, domains, damage):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    if damage == "state json":
+        record = json.loads((checkpoint / "training_state.json").read_text())
+        record["tree"]["global_step"] = 1
+        (checkpoint / "training_state.json").write_text(json.dumps(record))
+        match = "training_state.json was changed"
+    else:
+        path = checkpoint / ("adapter/adapter_model.safetensors" if damage == "adapter weights"
+                             else "training_state.safetensors")
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0xFF  # a bit flip in a tensor value: same size, valid header
+        path.write_bytes(bytes(data))
+        match = "SHA-256"
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
+    with pytest.raises(RuntimeError, match=f"checkpoint-2.*{match}"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_rerunning_into_a_previous_run_is_refused_then_resumed_or_overwritten(tmp_path, domains):
+    train, _ = domains
+
+    class Killed(Exception):
+        pass
+
+    class KilledTrainer(SmatMetaTrainer):
+        def _start_update(self, update):
+            if update == 5:
+                raise Killed
+            super()._start_update(update)
+
+    with pytest.raises(Killed):
+        KilledTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2), train_datasets=train).train()
+    assert (tmp_path / "latest").read_text() == "checkpoint-4"
+    # the same command again: refused, nothing deleted
+    with pytest.raises(ValueError, match="previous run.*checkpoint-4.*--resume_from_checkpoint latest.*overwrite"):
+        SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2), train_datasets=train).train()
+    assert sorted(os.listdir(tmp_path / "checkpoint-4"))
+    # resumed through the arguments (as `--resume_from_checkpoint latest` does)
+    resumed = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2,
+                                                      resume_from_checkpoint="latest"), train_datasets=train)
+    resumed.train()
+    assert resumed.history[0]["step"] == 1 and resumed.global_step == 6
+    # start anew: the old run's checkpoints are deleted first, and rotation keeps the new run's
+    fresh = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=3, save_steps=1, overwrite_output_dir=True,
+                                                    save_total_limit=2), train_datasets=train)
+    fresh.train()
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-3"]
+    assert (tmp_path / "latest").read_text() == "checkpoint-3"
+
+
+def test_rotation_never_deletes_the_checkpoint_just_saved(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2, save_total_limit=5),
+                    train_datasets=train).train()
+    # resume from an earlier checkpoint while later ones exist: the new checkpoints must survive rotation
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=1, save_total_limit=2),
+                              train_datasets=train)
+    trainer.args.max_steps = 3
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    latest = (tmp_path / "latest").read_text()
+    assert latest == "checkpoint-3" and (tmp_path / latest).is_dir()
+
+
+def test_an_empty_latest_file_is_named(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    (tmp_path / "latest").write_text("")
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'latest'} names nothing .the file is empty"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_resuming_with_a_changed_learning_rate_warns_and_names_it(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=3, delta_lr=0.5), train_datasets=train)
+    with pytest.warns(UserWarning, match=r"delta_lr: 0\.05 → 0\.5.*max_steps: 2 → 3"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_pmf_checkpoints_resume_without_pickle(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(make_tiny_model("vit", seed=0), arguments(tmp_path, max_steps=2, save_steps=2, dense_lr=1e-3),
+                    train_datasets=train).train()
+    assert not list(tmp_path.rglob("*.pt")) and (tmp_path / "checkpoint-2" / "adapter" / "model_state.json").exists()
+    model = make_tiny_model("vit", seed=1)
+    trainer = SmatMetaTrainer(model, arguments(tmp_path, max_steps=2, dense_lr=1e-3), train_datasets=train)
+    trainer._load_checkpoint(True)
+    assert trainer.global_step == 2

@@ -448,7 +448,7 @@ class SmatMetaTrainer:
             name = f.read().strip()
         if not name or os.sep in name or "/" in name or not os.path.isdir(os.path.join(self.args.output_dir, name)):
             raise FileNotFoundError(
-                f"{path} names {name or 'nothing (it is empty)'!r}, which is not a checkpoint directory in "
+                f"{path} names {repr(name) if name else 'nothing (the file is empty)'}, which is not a checkpoint directory in "
                 f"{self.args.output_dir}. Pass a checkpoint explicitly (`--resume_from_checkpoint "
                 f"{os.path.join(self.args.output_dir, 'checkpoint-N')}`), or write its name into {path}."
             )
