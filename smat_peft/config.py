@@ -93,6 +93,9 @@ class SmatConfig(PeftConfig):
             `save_pretrained` and checked on load (see `smat_peft.integrity`).
         compact (`Optional[dict]`): Set only in compact inference exports (see `smat_peft.export`): the compact
             format version, mask threshold and delta dtype. `None` for ordinary adapters.
+        base_weights_fingerprint (`Optional[dict]`): A few values at fixed positions of a fixed sample of the adapted
+            base parameters, recorded by `save_pretrained` and compared (within 1%) on load, so an adapter loaded
+            onto another checkpoint of the same architecture is refused (`check_base_weights=False` overrides).
 
     Example:
 
@@ -201,6 +204,10 @@ class SmatConfig(PeftConfig):
     compact: Optional[dict] = field(
         default=None,
         metadata={"help": "Compact inference export block (format version, mask threshold, delta dtype); else None."},
+    )
+    base_weights_fingerprint: Optional[dict] = field(
+        default=None,
+        metadata={"help": "A few sampled values of the adapted base weights, recorded on save and checked on load."},
     )
 
     def __post_init__(self) -> None:

@@ -58,6 +58,7 @@ from .integrity import (
     CONFIG_NAME,
     AdapterFileNotFoundError,
     AdapterIntegrityError,
+    base_weights_fingerprint,
     check_adapter_dir,
     check_safetensors,
     check_weights_checksum,
@@ -68,6 +69,7 @@ from .integrity import (
     read_adapter_config,
     recover_directory,
     staging_directory,
+    verify_base_weights,
 )
 from .layer import SmatLayer
 
@@ -183,6 +185,7 @@ def _adapter_state(model: Any) -> tuple[dict[str, torch.Tensor], SmatConfig]:
     config = copy.deepcopy(config)
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = model.base_model.model.__dict__.get("name_or_path") or None
+    config.base_weights_fingerprint = base_weights_fingerprint(model, adapter_name)
     return get_peft_model_state_dict(model, adapter_name=adapter_name), config
 
 
@@ -410,6 +413,7 @@ def load_compact(
     directory: Union[str, os.PathLike],
     adapter_name: str = "default",
     subfolder: Optional[str] = None,
+    check_base_weights: bool = True,
     **kwargs: Any,
 ):
     """Load a compact SMAT export onto a base model, as an ordinary SMAT `PeftModel` in inference mode.
@@ -423,6 +427,8 @@ def load_compact(
         directory (`str`): The export directory, or a Hub repo id holding one.
         adapter_name (`str`): Name of the loaded adapter.
         subfolder (`str`, *optional*): Folder of the export inside `directory` / the repo.
+        check_base_weights (`bool`): Compare the base weights with the fingerprint recorded at export (a few sampled
+            values) and refuse another checkpoint of the same architecture; `False` skips it.
         kwargs: For a Hub repo id, passed to `huggingface_hub.hf_hub_download` (`revision`, `token`, `cache_dir`).
 
     Returns:
@@ -483,6 +489,8 @@ def load_compact(
                 f"The compact SMAT export {where} does not match its own config: missing {missing[:3]}, unexpected "
                 f"{list(result.unexpected_keys)[:3]}. Export it again."
             )
+        if check_base_weights:
+            verify_base_weights(model, config.base_weights_fingerprint, where)
     except Exception:
         _strip_adapter(base_model)
         raise

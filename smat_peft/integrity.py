@@ -52,7 +52,7 @@ COMPACT_WEIGHTS_NAME = "smat_compact.safetensors"
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors refuses headers above 100 MB
 _DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "F8_E8M0": 1, "C64": 8,
 }
 _REFETCH = "Save the adapter again, or download it again"
 
@@ -151,6 +151,7 @@ def check_safetensors(path: str) -> dict[str, Any]:
         raise AdapterIntegrityError(f"{broken}: the header is not a JSON object. {_REFETCH}.")
     data_size = size - 8 - header_size
     described = 0
+    ranges = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -159,14 +160,31 @@ def check_safetensors(path: str) -> dict[str, Any]:
             numel = 1
             for dim in shape:
                 numel *= int(dim)
-            valid = 0 <= begin <= end and (dtype not in _DTYPE_SIZES or end - begin == numel * _DTYPE_SIZES[dtype])
+            known = dtype in _DTYPE_SIZES
+            valid = known and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
+            valid = valid and end - begin == numel * _DTYPE_SIZES[dtype]
         except (KeyError, TypeError, ValueError):
-            valid = False
+            known, valid = True, False
+        if not known:
+            raise AdapterIntegrityError(
+                f"{broken}: tensor {name!r} has the unknown dtype {dtype!r} (known: {', '.join(_DTYPE_SIZES)}). The "
+                f"file is corrupted or was written by a newer safetensors. {_REFETCH}."
+            )
         if not valid:
             raise AdapterIntegrityError(
                 f"{broken}: the header entry of tensor {name!r} is invalid ({info!r}). {_REFETCH}."
             )
+        ranges.append((begin, end, name))
         described = max(described, end)
+    position = 0
+    for begin, end, name in sorted(ranges):
+        if begin != position:
+            what = "overlaps the previous tensor" if begin < position else "leaves a gap before it"
+            raise AdapterIntegrityError(
+                f"{broken}: the byte range [{begin}, {end}) of tensor {name!r} {what} (expected it to start at "
+                f"{position}). {_REFETCH}."
+            )
+        position = end
     if described != data_size:
         what = "truncated" if data_size < described else "longer than its header describes"
         raise AdapterIntegrityError(
@@ -174,6 +192,22 @@ def check_safetensors(path: str) -> dict[str, Any]:
             f"is {what}. {_REFETCH}."
         )
     return header
+
+
+def check_weights_match_config(header: dict[str, Any], attributes: dict[str, Any], weights: str, config_path: str) -> None:
+    """Check that the weights file holds as many experts as its config says (an edited `num_experts` would
+    otherwise fail deep inside torch, after the base model was modified)."""
+    experts = attributes.get("num_experts")
+    for name, info in header.items():
+        if ".smat_log_alpha." not in name or not isinstance(info, dict):
+            continue
+        shape = info.get("shape") or [None]
+        if shape[0] != experts:
+            raise AdapterIntegrityError(
+                f"{config_path} says num_experts={experts!r}, but {weights} holds {shape[0]} experts ({name} has shape "
+                f"{shape}): the config was edited or belongs to other weights. Set num_experts to {shape[0]} again, "
+                "or save the adapter again."
+            )
 
 
 def check_weights_checksum(path: str, expected: Optional[str], config_path: str) -> None:
@@ -228,7 +262,9 @@ def check_adapter_dir(directory: str, allow_compact: bool = False) -> dict[str, 
             f"{CONFIG_NAME} but no weights file). {_REFETCH}."
         )
     if weights.endswith(".safetensors"):
-        check_safetensors(weights)
+        header = check_safetensors(weights)
+        if not compact:
+            check_weights_match_config(header, attributes, weights, config_path)
     check_weights_checksum(weights, attributes.get("weights_sha256"), config_path)
     return attributes
 
@@ -308,7 +344,7 @@ def check_adapter(pretrained_model_name_or_path: str, subfolder: Optional[str] =
             "adapter again (e.g. `smat-peft push ADAPTER_DIR REPO_ID`)."
         )
     if weights.endswith(".safetensors"):
-        check_safetensors(weights)
+        check_weights_match_config(check_safetensors(weights), attributes, weights, f"{CONFIG_NAME} of {where}")
     check_weights_checksum(weights, attributes.get("weights_sha256"), f"{CONFIG_NAME} of {where}")
 
 
@@ -545,6 +581,8 @@ def install_atomic_save() -> None:
             readme = os.path.join(target, "README.md")
             if os.path.isfile(readme):
                 shutil.copy2(readme, os.path.join(staging, "README.md"))
+            for name in selected:  # which base weights the adapter was trained on, checked at load
+                configs[name].base_weights_fingerprint = base_weights_fingerprint(self, name)
             original(self, staging, *args, **kwargs)
             for name in selected:
                 record_weights_checksum(staging if name == "default" else os.path.join(staging, name))
@@ -554,3 +592,244 @@ def install_atomic_save() -> None:
 
     save_pretrained._smat_atomic = True
     PeftModel.save_pretrained = save_pretrained
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# which base weights an adapter was trained on
+class BaseWeightsMismatchError(AdapterIntegrityError):
+    """A SMAT adapter is being loaded onto base weights other than the ones it was trained on."""
+
+
+_FINGERPRINT_LAYERS = 8  # sampled adapted base parameters
+_FINGERPRINT_VALUES = 8  # sampled values per parameter (evenly spaced over the flattened tensor)
+_FINGERPRINT_RTOL = 1e-2  # tolerant of loading the base model in bf16 / fp16
+
+
+def _base_parameter_name(name: str) -> str:
+    """A parameter's name in the plain base model, from its name inside a `PeftModel` / `SmatModel`."""
+    if name.startswith("base_model.model."):
+        name = name[len("base_model.model."):]
+    return name.replace(".base_layer.", ".")
+
+
+def _sample(param: Any) -> list[float]:
+    import torch
+
+    flat = param.detach().reshape(-1)
+    index = torch.linspace(0, flat.numel() - 1, min(_FINGERPRINT_VALUES, flat.numel())).round().long()
+    return [float(f"{v:.6g}") for v in flat[index.to(flat.device)].float().cpu().tolist()]
+
+
+def base_weights_fingerprint(model: Any, adapter_name: str) -> Optional[dict[str, Any]]:
+    """A cheap fingerprint of the base weights under a SMAT adapter: a few values at fixed positions of a fixed
+    sample of the adapted base parameters (names of the plain base model). Recorded at save in
+    `base_weights_fingerprint`; `None` when the adapter is merged into the base weights.
+
+    Example:
+
+    ```py
+    >>> from smat_peft.integrity import base_weights_fingerprint
+    >>> sorted(base_weights_fingerprint(model, "default")["parameters"])[:1]  # doctest: +SKIP
+    ['encoder.layer.0.attention.attention.query.weight']
+    ```
+    """
+    from .layer import SmatLayer
+
+    layers = sorted(
+        (name, module) for name, module in model.named_modules()
+        if isinstance(module, SmatLayer) and adapter_name in module.smat_delta and module.param_names
+    )
+    if not layers or any(getattr(module, "merged", False) for _, module in layers):
+        return None
+    step = max(1, len(layers) // _FINGERPRINT_LAYERS)
+    parameters = {}
+    for name, module in layers[::step][:_FINGERPRINT_LAYERS]:
+        param_name = module.param_names[0]
+        param = dict(module.get_base_layer().named_parameters())[param_name]
+        parameters[_base_parameter_name(f"{name}.{param_name}")] = _sample(param)
+    return {"version": 1, "parameters": parameters}
+
+
+def verify_base_weights(model: Any, fingerprint: Optional[dict[str, Any]], where: str) -> None:
+    """Compare the base weights under a loaded SMAT adapter with the fingerprint recorded at save.
+
+    Raises:
+        BaseWeightsMismatchError: naming the differing parameters and the override.
+    """
+    import torch
+
+    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("parameters"), dict):
+        return
+    params = {_base_parameter_name(name): p for name, p in model.named_parameters()}
+    params.update({_base_parameter_name(name): p for name, p in model.named_buffers()})
+    differing = []
+    for name, expected in fingerprint["parameters"].items():
+        param = params.get(name)
+        if param is None:
+            differing.append(f"{name} (not in the base model)")
+            continue
+        actual, expected_t = torch.tensor(_sample(param)), torch.tensor(expected, dtype=torch.float32)
+        if actual.shape != expected_t.shape or not torch.allclose(actual, expected_t, rtol=_FINGERPRINT_RTOL, atol=1e-4):
+            differing.append(f"{name} (sampled values {expected[:3]} at save, {actual[:3].tolist()} now)")
+    if differing:
+        raise BaseWeightsMismatchError(
+            f"The SMAT adapter {where} was trained on other base weights: {len(differing)} of "
+            f"{len(fingerprint['parameters'])} sampled base parameters differ, e.g. {differing[0]}. The base model is "
+            "probably another checkpoint of the same architecture: load the checkpoint the adapter was trained on "
+            "(its `base_model_name_or_path`). If the base weights changed on purpose (e.g. you fine-tuned them), pass "
+            "`check_base_weights=False` to `PeftModel.from_pretrained` / `load_adapter` / `load_compact`."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# peft's loading entry points, checked
+def _peft_type_of(attributes: dict[str, Any], path: str) -> str:
+    peft_type = attributes.get("peft_type")
+    if peft_type != "SMAT" and any(key in attributes for key in ("smat_format_version", "smat_version")):
+        raise AdapterIntegrityError(
+            f"{path} says peft_type={peft_type!r} but holds a SMAT adapter (it records smat_format_version / "
+            "smat_version): the file was edited or damaged, and loading it as another method would silently do "
+            f"nothing. Set \"peft_type\": \"SMAT\" again, or {_REFETCH[0].lower()}{_REFETCH[1:]}."
+        )
+    if not isinstance(peft_type, str):
+        raise AdapterIntegrityError(f"{path} has no `peft_type`: it is not a peft adapter config. {_REFETCH}.")
+    return peft_type
+
+
+def _read_json_object(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            attributes = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdapterIntegrityError(f"{path} is not valid JSON ({error}): the file is corrupted. {_REFETCH}.") from None
+    if not isinstance(attributes, dict):
+        raise AdapterIntegrityError(f"{path} must hold a JSON object, got {type(attributes).__name__}. {_REFETCH}.")
+    return attributes
+
+
+def _download_config(model_id: str, **kwargs: Any) -> str:
+    """`hf_hub_download` of an adapter config, with errors that say what went wrong and what to do."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"Hub repo {model_id}" + (f" (subfolder {kwargs['subfolder']})" if kwargs.get("subfolder") else "")
+    try:
+        return hf_hub_download(model_id, CONFIG_NAME, **{k: v for k, v in kwargs.items() if v is not None})
+    except (RepositoryNotFoundError, GatedRepoError) as error:
+        raise AdapterFileNotFoundError(
+            f"{where} does not exist or you have no access to it ({type(error).__name__}). Check the repo id, and "
+            "pass `token=...` (or `huggingface-cli login`) for a private repo; a local directory must exist."
+        ) from None
+    except RevisionNotFoundError:
+        raise AdapterFileNotFoundError(f"{where} has no revision {kwargs.get('revision')!r}.") from None
+    except LocalEntryNotFoundError as error:  # a subclass of EntryNotFoundError: test it first
+        raise AdapterFileNotFoundError(
+            f"Cannot reach the Hub to download {CONFIG_NAME} of {where}, and it is not in the local cache ({error}). "
+            "Check your connection (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 after downloading it once."
+        ) from None
+    except EntryNotFoundError:
+        raise AdapterFileNotFoundError(f"{where} has no {CONFIG_NAME}: it holds no peft adapter.") from None
+    except (OSError, ValueError) as error:  # HTTP errors (an OSError), bad token values, ...
+        raise AdapterFileNotFoundError(f"Cannot download {CONFIG_NAME} of {where}: {error}") from None
+
+
+def install_checked_load() -> None:
+    """Make every peft load path run SMAT's checks and leave the caller's model unchanged when a load fails.
+
+    - `PeftConfig._get_peft_type` (the first thing `PeftModel.from_pretrained` reads): an `adapter_config.json` that
+      is not JSON names its file; a config that records SMAT but says another `peft_type` is refused (it would load
+      as an adapter that does nothing); Hub failures (offline, no such repo, no access) say so.
+    - `PeftModel.from_pretrained` and `load_adapter`: a failed load removes what it injected (the base model, or the
+      `PeftModel`, is as before); a SMAT adapter's recorded base-weights fingerprint is compared with the base model
+      (`check_base_weights=False` skips it).
+    - `PeftModel.save_pretrained` of SMAT adapters records that fingerprint (see `install_atomic_save`).
+
+    Run on `import smat_peft`.
+    """
+    from peft import PeftModel
+    from peft.config import PeftConfigMixin
+
+    from .config import SmatConfig
+
+    original_type = PeftConfigMixin.__dict__["_get_peft_type"].__func__
+    if not getattr(original_type, "_smat_checked", False):
+
+        @functools.wraps(original_type)
+        def _get_peft_type(cls, model_id: str, **hf_hub_download_kwargs: Any) -> str:
+            subfolder = hf_hub_download_kwargs.get("subfolder")
+            path = os.path.join(os.fspath(model_id), subfolder) if subfolder else os.fspath(model_id)
+            config_file = os.path.join(path, CONFIG_NAME)
+            if not os.path.isfile(config_file):
+                if os.path.isdir(path) or os.path.isabs(path) or os.fspath(model_id).startswith((".", "~")):
+                    raise AdapterFileNotFoundError(
+                        f"{config_file} does not exist: pass the directory that `save_pretrained` wrote."
+                    )
+                config_file = _download_config(os.fspath(model_id), **hf_hub_download_kwargs)
+            return _peft_type_of(_read_json_object(config_file), config_file)
+
+        _get_peft_type._smat_checked = True
+        PeftConfigMixin._get_peft_type = classmethod(_get_peft_type)
+
+    import contextvars
+
+    checked_by_caller = contextvars.ContextVar("smat_checked_by_caller", default=False)
+    from_pretrained = PeftModel.__dict__["from_pretrained"].__func__
+    if not getattr(from_pretrained, "_smat_checked", False):
+
+        @functools.wraps(from_pretrained)
+        def checked_from_pretrained(cls, model: Any, model_id: Any, *args: Any, check_base_weights: bool = True,
+                                    **kwargs: Any):
+            from .export import _strip_adapter
+            from .layer import SmatLayer
+
+            fresh = not any(isinstance(m, SmatLayer) for m in model.modules())
+            token = checked_by_caller.set(True)
+            try:
+                try:
+                    loaded = from_pretrained(cls, model, model_id, *args, **kwargs)
+                finally:
+                    checked_by_caller.reset(token)
+                for name, config in loaded.peft_config.items():
+                    if isinstance(config, SmatConfig) and check_base_weights:
+                        verify_base_weights(loaded, config.base_weights_fingerprint, os.fspath(model_id))
+                return loaded
+            except BaseException:
+                if fresh:
+                    _strip_adapter(model)
+                raise
+
+        checked_from_pretrained._smat_checked = True
+        PeftModel.from_pretrained = classmethod(checked_from_pretrained)
+
+    load_adapter = PeftModel.load_adapter
+    if not getattr(load_adapter, "_smat_checked", False):
+        signature = inspect.signature(load_adapter)
+
+        @functools.wraps(load_adapter)
+        def checked_load_adapter(self, *args: Any, check_base_weights: bool = True, **kwargs: Any):
+            bound = signature.bind(self, *args, **kwargs)
+            adapter_name = bound.arguments.get("adapter_name")
+            existed = adapter_name in self.peft_config
+            try:
+                result = load_adapter(self, *args, **kwargs)
+                config = self.peft_config.get(adapter_name)
+                if isinstance(config, SmatConfig) and check_base_weights and not checked_by_caller.get():
+                    verify_base_weights(
+                        self, config.base_weights_fingerprint, os.fspath(bound.arguments.get("model_id"))
+                    )
+                return result
+            except BaseException:
+                if not existed and adapter_name in self.peft_config:
+                    try:
+                        self.delete_adapter(adapter_name)
+                    except Exception:  # noqa: BLE001 - the original error is the one to report
+                        pass
+                raise
+
+        checked_load_adapter._smat_checked = True
+        PeftModel.load_adapter = checked_load_adapter
