@@ -81,6 +81,8 @@ def add_push_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_push(args: argparse.Namespace) -> int:
     from .hub import push_smat_folder_to_hub
 
+    if args.token is not None and not args.token.strip():
+        raise ValueError("--token is empty: pass a Hub token (hf_...), or omit --token to use the logged-in one / HF_TOKEN.")
     url = push_smat_folder_to_hub(
         args.adapter_dir,
         args.repo_id,
@@ -442,6 +444,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as error:  # user-fixable: files, base model, Hub (HfHubHTTPError is an OSError)
         print(f"smat-peft {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        if not _is_network_error(error):
+            raise
+        from huggingface_hub import constants
+
+        print(f"smat-peft {args.command}: error: cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: "
+              f"{error}). Check your connection (or HF_ENDPOINT) and try again; nothing was uploaded.", file=sys.stderr)
+        return 1
+
+
+def _is_network_error(error: BaseException) -> bool:
+    """A connection failure of the HTTP clients huggingface_hub uses (they are not OSErrors)."""
+    clients = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+    return any(cls.__module__.split(".")[0] in clients for cls in type(error).__mro__)
 
 
 if __name__ == "__main__":

@@ -265,3 +265,16 @@ def test_rerunning_meta_train_into_a_previous_run_is_refused_and_resumable(train
     assert [entry["step"] for entry in history] == [2, 3]  # continued from step 2, not restarted
     assert main(["meta-train", "--config", str(config), "--output_dir", out, "--overwrite_output_dir"]) == 0
     assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_push_with_the_hub_down_or_an_empty_token_fails_with_one_line(adapter_dir, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    directory, _ = adapter_dir
+    assert main(["push", str(directory), "user/smat-vit", "--token", ""]) == 1
+    assert "--token is empty" in capsys.readouterr().err
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    assert main(["push", str(directory), "user/smat-vit", "--token", FAKE_TOKEN]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("smat-peft push: error:") and len(err.strip().splitlines()) == 1
