@@ -24,6 +24,7 @@ from .peft_type import SmatPeftType
 
 
 _MASK_DTYPES = ("float32", "bfloat16", "float16")
+_MAX_EXPERTS = 1024
 # Version of the on-disk adapter format this release writes and the newest it reads (`smat_format_version`).
 SMAT_FORMAT_VERSION = 1
 
@@ -224,8 +225,15 @@ class SmatConfig(PeftConfig):
         if self.layers_pattern and not self.layers_to_transform:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
 
-        if not isinstance(self.num_experts, int) or self.num_experts < 1:
+        if not isinstance(self.num_experts, int) or isinstance(self.num_experts, bool) or self.num_experts < 1:
             raise ValueError(f"`num_experts` must be a positive int, got {self.num_experts!r}.")
+        if self.num_experts > _MAX_EXPERTS:  # every adapted weight stores num_experts mask logits per element
+            raise ValueError(
+                f"`num_experts` must be at most {_MAX_EXPERTS}, got {self.num_experts}: each expert holds one mask logit "
+                "per adapted weight element (the paper uses 8)."
+            )
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise ValueError(f"`sparsity` must be a number in [0, 1), got {self.sparsity!r} ({type(self.sparsity).__name__}).")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"`sparsity` is the target fraction of zeros and must be in [0, 1), got {self.sparsity}.")
         if self.mask_init_std < 0:

@@ -19,6 +19,7 @@ Defaults follow the paper's ViT-S setting (see `docs/training.md`); where the re
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -180,6 +181,11 @@ class MetaTrainingArguments:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+        for name in ("delta_lr", "mask_lr", "lagrangian_lr", "router_lr", "dense_lr"):
+            value = getattr(self, name, None)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise ValueError(f"`{name}` must be a finite learning rate >= 0, got {value!r}.")
         unknown = set(self.eval_modes) - {"direct", "full", "lora"}
         if unknown:
             raise ValueError(f"Unknown `eval_modes` {sorted(unknown)}; choose from 'direct', 'full', 'lora'.")
