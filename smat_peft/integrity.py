@@ -463,7 +463,8 @@ def commit_directory(staging: str, target: str) -> list[str]:
     return files
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a temporary named after a dead one is stale)."""
     if pid == os.getpid():
         return True
     try:
@@ -492,7 +493,7 @@ def remove_stale_temporaries(target: str) -> list[str]:
         return removed
     for name in names:
         match = _STAGING_NAME.match(name)
-        if match and match.group("base") == base and not _pid_alive(int(match.group("pid"))):
+        if match and match.group("base") == base and not process_alive(int(match.group("pid"))):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             removed.append(os.path.join(parent, name))
     return removed

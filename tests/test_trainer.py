@@ -301,3 +301,70 @@ def test_pmf_checkpoints_resume_without_pickle(tmp_path, domains):
     trainer = SmatMetaTrainer(model, arguments(tmp_path, max_steps=2, dense_lr=1e-3), train_datasets=train)
     trainer._load_checkpoint(True)
     assert trainer.global_step == 2
+
+
+KILLED_RUN_SCRIPT = r"""
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+from safetensors.torch import save_file
+from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model
+from tiny_data import synthetic_domain
+from tiny_models import make_tiny_model
+out, kill_at = sys.argv[1], int(sys.argv[2])
+calls, replace = [0], os.replace
+
+def dying_replace(src, dst, *args, **kwargs):  # kill -9 at the kill_at-th file move (0: never)
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst, *args, **kwargs)
+
+os.replace = dying_replace
+resume = "latest" if any(n.startswith("checkpoint-") for n in os.listdir(out)) else None if os.path.isdir(out) else None
+model = get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=4, sparsity=0.9))
+args = MetaTrainingArguments(output_dir=out, max_steps=3, tasks_per_update=1, ways=5, shots=2, queries=3,
+    image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3, eval_steps=0,
+    save_steps=1, logging_steps=1, disable_tqdm=True, augment=False, resume_from_checkpoint=resume)
+SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(40, 8, seed=0)}}).train()
+save_file({{k: v.contiguous() for k, v in model.state_dict().items() if "smat_" in k}}, os.path.join(out, "final.safetensors"))
+print("moves", calls[0])
+"""
+
+
+def _run_killable(script, out, kill_at):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(script), str(out), str(kill_at)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def _kill_and_rerun(tmp_path, kill_points):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "train.py"
+    script.write_text(KILLED_RUN_SCRIPT.format(tests=TESTS_DIR))
+    (tmp_path / "reference").mkdir()
+    done = _run_killable(script, tmp_path / "reference", 0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    moves = int(done.stdout.split("moves")[-1])
+    reference = load_file(tmp_path / "reference" / "final.safetensors")
+    for kill_at in kill_points(moves):
+        out = tmp_path / f"killed-at-{kill_at}"
+        out.mkdir()
+        killed = _run_killable(script, out, kill_at)
+        assert killed.returncode == -9, (kill_at, killed.stderr[-3000:])
+        rerun = _run_killable(script, out, 0)  # the same command again: resumes the last complete checkpoint
+        assert rerun.returncode == 0, (kill_at, rerun.stderr[-3000:])
+        final = load_file(out / "final.safetensors")
+        assert all(torch.equal(reference[k], final[k]) for k in reference), f"kill at move {kill_at}"
+        assert not [n for n in os.listdir(out) if ".tmp" in n], f"temporaries left after kill at move {kill_at}"
+
+
+def test_kill_9_during_checkpoint_saves_then_resume_is_bit_identical(tmp_path):
+    # two instants of the second checkpoint's save: inside its adapter's save, and just before `latest` is written
+    _kill_and_rerun(tmp_path, lambda moves: [moves // 3 + 2, 2 * moves // 3])
+
+
+@pytest.mark.slow
+def test_kill_9_at_every_file_move_of_a_training_run_then_resume_is_bit_identical(tmp_path):
+    _kill_and_rerun(tmp_path, lambda moves: range(1, moves + 1))

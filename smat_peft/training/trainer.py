@@ -40,7 +40,14 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from ..integrity import check_adapter_dir, commit_directory, discard_staging, recover_directory, staging_directory
+from ..integrity import (
+    check_adapter_dir,
+    commit_directory,
+    discard_staging,
+    process_alive,
+    recover_directory,
+    staging_directory,
+)
 from ..model import SmatModel
 from .arguments import MetaTrainingArguments
 from .episodes import EpisodeSampler
@@ -443,7 +450,9 @@ class SmatMetaTrainer:
     def _latest_checkpoint(self) -> Optional[str]:
         path = os.path.join(self.args.output_dir, LATEST_NAME)
         if not os.path.exists(path):
-            return None
+            # a kill between committing a checkpoint and writing `latest`: the highest-numbered checkpoint is the last
+            names = sorted(self._checkpoints(), key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))
+            return os.path.join(self.args.output_dir, names[-1]) if names else None
         with open(path) as f:
             name = f.read().strip()
         if not name or os.sep in name or "/" in name or not os.path.isdir(os.path.join(self.args.output_dir, name)):
@@ -492,7 +501,19 @@ class SmatMetaTrainer:
             discard_staging(staging, final)
         _atomic_write_text(os.path.join(self.args.output_dir, LATEST_NAME), name)
         self._rotate_checkpoints(keep=name)
+        self._remove_stale_temporaries()
         return final
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete `latest.tmp-<pid>`, `metrics.json.tmp-<pid>` (and older versions' `checkpoint-N.tmp-<pid>` /
+        `.old-<pid>`) that killed processes left in `output_dir`."""
+        for name in os.listdir(self.args.output_dir):
+            stem, sep, pid = name.rpartition(".tmp-") if ".tmp-" in name else name.rpartition(".old-")
+            if not sep or not pid.isdigit() or process_alive(int(pid)):
+                continue
+            if stem in (LATEST_NAME, "metrics.json") or stem.startswith(CHECKPOINT_PREFIX):
+                path = os.path.join(self.args.output_dir, name)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
     def _rotate_checkpoints(self, keep: str) -> None:
         """Keep the `save_total_limit` most recently written checkpoints; never `keep` (the one just saved)."""
