@@ -46,6 +46,7 @@ from ..integrity import (
     discard_staging,
     process_alive,
     recover_directory,
+    remove_stale_temporaries,
     staging_directory,
 )
 from ..model import SmatModel
@@ -506,8 +507,11 @@ class SmatMetaTrainer:
 
     def _remove_stale_temporaries(self) -> None:
         """Delete `latest.tmp-<pid>`, `metrics.json.tmp-<pid>` (and older versions' `checkpoint-N.tmp-<pid>` /
-        `.old-<pid>`) that killed processes left in `output_dir`."""
+        `.old-<pid>`) and the staging directories of checkpoint saves that killed processes left in `output_dir`."""
         for name in os.listdir(self.args.output_dir):
+            if name.startswith(f".{CHECKPOINT_PREFIX}") and ".tmp-" in name:  # staging of a killed checkpoint save
+                remove_stale_temporaries(os.path.join(self.args.output_dir, name[1:].partition(".tmp-")[0]))
+                continue
             stem, sep, pid = name.rpartition(".tmp-") if ".tmp-" in name else name.rpartition(".old-")
             if not sep or not pid.isdigit() or process_alive(int(pid)):
                 continue
