@@ -82,7 +82,9 @@ def run_push(args: argparse.Namespace) -> int:
     from .hub import push_smat_folder_to_hub
 
     if args.token is not None and not args.token.strip():
-        raise ValueError("--token is empty: pass a Hub token (hf_...), or omit --token to use the logged-in one / HF_TOKEN.")
+        raise ValueError(
+            "--token is empty: pass a Hub token (hf_...), or omit --token to use the logged-in one / HF_TOKEN."
+        )
     url = push_smat_folder_to_hub(
         args.adapter_dir,
         args.repo_id,

@@ -229,11 +229,13 @@ class SmatConfig(PeftConfig):
             raise ValueError(f"`num_experts` must be a positive int, got {self.num_experts!r}.")
         if self.num_experts > _MAX_EXPERTS:  # every adapted weight stores num_experts mask logits per element
             raise ValueError(
-                f"`num_experts` must be at most {_MAX_EXPERTS}, got {self.num_experts}: each expert holds one mask logit "
-                "per adapted weight element (the paper uses 8)."
+                f"`num_experts` must be at most {_MAX_EXPERTS}, got {self.num_experts}: each expert holds one mask "
+                "logit per adapted weight element (the paper uses 8)."
             )
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
-            raise ValueError(f"`sparsity` must be a number in [0, 1), got {self.sparsity!r} ({type(self.sparsity).__name__}).")
+            raise ValueError(
+                f"`sparsity` must be a number in [0, 1), got {self.sparsity!r} ({type(self.sparsity).__name__})."
+            )
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"`sparsity` is the target fraction of zeros and must be in [0, 1), got {self.sparsity}.")
         if self.mask_init_std < 0:

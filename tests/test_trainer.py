@@ -321,13 +321,14 @@ def dying_replace(src, dst, *args, **kwargs):  # kill -9 at the kill_at-th file 
     replace(src, dst, *args, **kwargs)
 
 os.replace = dying_replace
-resume = "latest" if any(n.startswith("checkpoint-") for n in os.listdir(out)) else None if os.path.isdir(out) else None
+resume = "latest" if any(n.startswith("checkpoint-") for n in os.listdir(out)) else None
 model = get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=4, sparsity=0.9))
 args = MetaTrainingArguments(output_dir=out, max_steps=3, tasks_per_update=1, ways=5, shots=2, queries=3,
     image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3, eval_steps=0,
     save_steps=1, logging_steps=1, disable_tqdm=True, augment=False, resume_from_checkpoint=resume)
 SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(40, 8, seed=0)}}).train()
-save_file({{k: v.contiguous() for k, v in model.state_dict().items() if "smat_" in k}}, os.path.join(out, "final.safetensors"))
+state = {{k: v.contiguous() for k, v in model.state_dict().items() if "smat_" in k}}
+save_file(state, os.path.join(out, "final.safetensors"))
 print("moves", calls[0])
 """
 

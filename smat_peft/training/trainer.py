@@ -458,8 +458,8 @@ class SmatMetaTrainer:
             name = f.read().strip()
         if not name or os.sep in name or "/" in name or not os.path.isdir(os.path.join(self.args.output_dir, name)):
             raise FileNotFoundError(
-                f"{path} names {repr(name) if name else 'nothing (the file is empty)'}, which is not a checkpoint directory in "
-                f"{self.args.output_dir}. Pass a checkpoint explicitly (`--resume_from_checkpoint "
+                f"{path} names {repr(name) if name else 'nothing (the file is empty)'}, which is not a checkpoint "
+                f"directory in {self.args.output_dir}. Pass a checkpoint explicitly (`--resume_from_checkpoint "
                 f"{os.path.join(self.args.output_dir, 'checkpoint-N')}`), or write its name into {path}."
             )
         return os.path.join(self.args.output_dir, name)
@@ -524,7 +524,8 @@ class SmatMetaTrainer:
         if self.args.save_total_limit < 1:
             return
         names = [n for n in self._checkpoints() if n != keep]
-        names.sort(key=lambda n: (os.path.getmtime(os.path.join(self.args.output_dir, n)), int(n[len(CHECKPOINT_PREFIX):])))
+        output_dir = self.args.output_dir
+        names.sort(key=lambda n: (os.path.getmtime(os.path.join(output_dir, n)), int(n[len(CHECKPOINT_PREFIX):])))
         for name in names[: max(0, len(names) - (self.args.save_total_limit - 1))]:
             shutil.rmtree(os.path.join(self.args.output_dir, name), ignore_errors=True)
 
@@ -543,7 +544,8 @@ class SmatMetaTrainer:
                    if k not in _RESUME_NEUTRAL and recorded[k] != current[k]]
         if changed:
             message = (
-                f"Resuming from {checkpoint} with arguments that differ from the run that wrote it: {'; '.join(changed)}. "
+                f"Resuming from {checkpoint} with arguments that differ from the run that wrote it: "
+                f"{'; '.join(changed)}. "
                 "The optimizers and learning-rate schedules continue from the checkpoint (its learning rates and "
                 "schedule); other changes apply from now on. To train with the new values from the start, use "
                 "`--overwrite_output_dir` or another `--output_dir`."
