@@ -207,7 +207,8 @@ def training_arguments(args: DemoArguments, output_dir: str, steps: int, **overr
     """The meta-training arguments shared by SMAT, PMF and the control: 5-way 5-shot 5-query, early stopping."""
     tasks = steps * args.tasks_per_update
     values = dict(
-        output_dir=output_dir, overwrite_output_dir=True, seed=args.seed, split_seed=args.seed, image_size=args.image_size, ways=5, shots=5,
+        output_dir=output_dir, seed=args.seed, split_seed=args.seed, image_size=args.image_size, ways=5, shots=5,
+        overwrite_output_dir=True,  # a demo run starts anew: its earlier run's checkpoints are replaced
         queries=5, augment=False, max_steps=steps, tasks_per_update=args.tasks_per_update,
         warmup_steps=max(1, steps // 10), lr_schedule="constant", eval_steps=args.eval_steps,
         eval_episodes=args.eval_episodes, load_best_model_at_end=True, save_steps=0, save_total_limit=1,
