@@ -723,8 +723,10 @@ def _download_config(model_id: str, **kwargs: Any) -> str:
     )
 
     where = f"Hub repo {model_id}" + (f" (subfolder {kwargs['subfolder']})" if kwargs.get("subfolder") else "")
+    accepted = inspect.signature(hf_hub_download).parameters
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and k in accepted}
     try:
-        return hf_hub_download(model_id, CONFIG_NAME, **{k: v for k, v in kwargs.items() if v is not None})
+        return hf_hub_download(model_id, CONFIG_NAME, **kwargs)
     except (RepositoryNotFoundError, GatedRepoError) as error:
         raise AdapterFileNotFoundError(
             f"{where} does not exist or you have no access to it ({type(error).__name__}). Check the repo id, and "
@@ -804,7 +806,7 @@ def install_checked_load() -> None:
                         verify_base_weights(loaded, config.base_weights_fingerprint, os.fspath(model_id))
                 return loaded
             except BaseException:
-                if fresh:
+                if fresh and any(isinstance(m, SmatLayer) for m in model.modules()):  # a SMAT load failed
                     _strip_adapter(model)
                 raise
 
