@@ -394,6 +394,14 @@ def recover_directory(target: str) -> bool:
     by every SMAT loader before it checks `target`.
     """
     journal = os.path.join(target, JOURNAL_NAME)
+    if os.path.isdir(target):  # a journal that a kill left half written never counted: drop it
+        for name in os.listdir(target):
+            pid = name[len(JOURNAL_NAME) + len(".tmp-"):]
+            if name.startswith(f"{JOURNAL_NAME}.tmp-") and pid.isdigit() and not process_alive(int(pid)):
+                try:
+                    os.remove(os.path.join(target, name))
+                except OSError:
+                    pass
     if not os.path.isfile(journal):
         return False
     try:

@@ -321,12 +321,15 @@ def dying_replace(src, dst, *args, **kwargs):  # kill -9 at the kill_at-th file 
     replace(src, dst, *args, **kwargs)
 
 os.replace = dying_replace
-resume = "latest" if any(n.startswith("checkpoint-") for n in os.listdir(out)) else None
 model = get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=4, sparsity=0.9))
 args = MetaTrainingArguments(output_dir=out, max_steps=3, tasks_per_update=1, ways=5, shots=2, queries=3,
     image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3, eval_steps=0,
-    save_steps=1, logging_steps=1, disable_tqdm=True, augment=False, resume_from_checkpoint=resume)
-SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(40, 8, seed=0)}}).train()
+    save_steps=1, logging_steps=1, disable_tqdm=True, augment=False)
+trainer = SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(40, 8, seed=0)}})
+try:  # what a user does after a crash: resume the latest checkpoint, or start anew if none was completed
+    trainer.train(resume_from_checkpoint="latest")
+except FileNotFoundError:
+    trainer.train()
 state = {{k: v.contiguous() for k, v in model.state_dict().items() if "smat_" in k}}
 save_file(state, os.path.join(out, "final.safetensors"))
 print("moves", calls[0])
@@ -354,7 +357,7 @@ def _kill_and_rerun(tmp_path, kill_points):
         out.mkdir()
         killed = _run_killable(script, out, kill_at)
         assert killed.returncode == -9, (kill_at, killed.stderr[-3000:])
-        rerun = _run_killable(script, out, 0)  # the same command again: resumes the last complete checkpoint
+        rerun = _run_killable(script, out, 0)  # resumes the last complete checkpoint
         assert rerun.returncode == 0, (kill_at, rerun.stderr[-3000:])
         final = load_file(out / "final.safetensors")
         assert all(torch.equal(reference[k], final[k]) for k in reference), f"kill at move {kill_at}"

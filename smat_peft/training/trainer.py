@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from ..integrity import (
+    JOURNAL_NAME,
     check_adapter_dir,
     commit_directory,
     discard_staging,
@@ -416,13 +417,18 @@ class SmatMetaTrainer:
             recover_directory(directory)
             self.model.load_state_dict(load_state(directory, DENSE_STEM, map_location=str(self.accelerator.device)))
 
-    def _checkpoints(self) -> list[str]:
-        """Names of the checkpoint directories in `output_dir` (not the temporaries of interrupted saves)."""
+    def _checkpoints(self, complete: bool = True) -> list[str]:
+        """Names of the checkpoint directories in `output_dir`: those that hold a training state, or a commit
+        journal that loading finishes (`complete=False`: also the empty ones a killed save left)."""
         if not os.path.isdir(self.args.output_dir):
             return []
-        return [n for n in os.listdir(self.args.output_dir)
-                if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit()
-                and os.path.isdir(os.path.join(self.args.output_dir, n))]
+        names = [n for n in os.listdir(self.args.output_dir)
+                 if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit()
+                 and os.path.isdir(os.path.join(self.args.output_dir, n))]
+        if not complete:
+            return names
+        marks = (f"{STATE_STEM}.json", LEGACY_STATE_NAME, JOURNAL_NAME)
+        return [n for n in names if any(os.path.isfile(os.path.join(self.args.output_dir, n, m)) for m in marks)]
 
     def _prepare_output_dir(self) -> None:
         """Refuse to start over a previous run in `output_dir` unless `overwrite_output_dir` (then delete its
@@ -518,6 +524,8 @@ class SmatMetaTrainer:
             if stem in (LATEST_NAME, "metrics.json") or stem.startswith(CHECKPOINT_PREFIX):
                 path = os.path.join(self.args.output_dir, name)
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        for name in set(self._checkpoints(complete=False)) - set(self._checkpoints()):  # a save killed before commit
+            shutil.rmtree(os.path.join(self.args.output_dir, name), ignore_errors=True)
 
     def _rotate_checkpoints(self, keep: str) -> None:
         """Keep the `save_total_limit` most recently written checkpoints; never `keep` (the one just saved)."""
