@@ -294,6 +294,7 @@ class SmatMetaTrainer:
             self._prepare_output_dir()
         if self.accelerator.is_main_process:
             os.makedirs(args.output_dir, exist_ok=True)
+            self._remove_stale_temporaries()
         if args.report_to:
             self.accelerator.init_trackers("smat-peft", config={k: str(v) for k, v in vars(args).items()})
         self.model.train()
