@@ -23,11 +23,15 @@ half-loaded model:
 - a safetensors file that is truncated or corrupted: the 8-byte header length, the JSON header and the size of the
   data section are checked against each other (safetensors' own error does not name the file);
 - a weights file whose SHA-256 differs from the `weights_sha256` recorded in `adapter_config.json` at save time
-  (this catches corruption that keeps the file's size, and a save interrupted between its two files).
+  (this catches corruption that keeps the file's size);
+- weights that disagree with the config (`num_experts`), a `peft_type` relabelled away from SMAT, and (after
+  loading, rolled back on failure) base weights other than the ones recorded in `base_weights_fingerprint`
+  (`install_checked_load`).
 
 Saving (`install_atomic_save`, run on `import smat_peft`): `PeftModel.save_pretrained` of SMAT adapters writes into
-a temporary sibling directory, records each weights file's SHA-256 in its config, then moves each file into place
-with `os.replace` (weights first, config last). A save that fails half-way leaves the previous adapter untouched.
+a temporary sibling directory, records each weights file's SHA-256 and the base-weights fingerprint in its config,
+then commits it with a journal (`commit_directory`): a kill at any instant leaves the previous or the new adapter
+loadable, and the next save or load finishes an interrupted commit and removes stale temporaries.
 """
 
 from __future__ import annotations
@@ -550,11 +554,11 @@ def install_atomic_save() -> None:
     """Make `PeftModel.save_pretrained` atomic and checksummed for models whose saved adapters are all SMAT.
 
     The adapters are saved by peft into a temporary sibling directory (an existing README.md is copied in first, so
-    peft updates it as usual); each weights file's SHA-256 is recorded in its `adapter_config.json`; then the files
-    are moved into `save_directory` with `os.replace`, weights first and configs last. If anything fails before the
-    move, `save_directory` is untouched; a process killed mid-save may leave a `.<name>.tmp-*` directory behind,
-    which is safe to delete. Other peft methods, `is_main_process=False` and non-directory targets go straight to
-    peft. Run on `import smat_peft`.
+    peft updates it as usual); each weights file's SHA-256 and the base-weights fingerprint are recorded in its
+    `adapter_config.json`; then the directory is committed into `save_directory` by [`commit_directory`] (journal,
+    then `os.replace` of each file). A kill at any instant leaves the previous or the new adapter loadable; the next
+    save removes the `.<name>.tmp-*` directories of killed saves. Other peft methods, `is_main_process=False` and
+    non-directory targets go straight to peft. Run on `import smat_peft`.
 
     Example:
 
