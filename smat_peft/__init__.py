@@ -18,7 +18,13 @@ __version__ = "0.1.0"
 from .config import SmatConfig  # noqa: E402
 from .export import export_compact, load_compact  # noqa: E402
 from .hub import build_model_card, install_model_card, install_push_to_hub, push_smat_to_hub, smat_model_card  # noqa: E402
-from .integrity import AdapterFileNotFoundError, AdapterIntegrityError, install_atomic_save  # noqa: E402
+from .integrity import (  # noqa: E402
+    AdapterFileNotFoundError,
+    AdapterIntegrityError,
+    BaseWeightsMismatchError,
+    install_atomic_save,
+    install_checked_load,
+)
 from .layer import SmatLayer, SmatModule  # noqa: E402
 from .model import SmatModel  # noqa: E402
 from .peft_type import SmatPeftType, register_with_peft  # noqa: E402
@@ -30,6 +36,7 @@ register_with_peft(SmatConfig, SmatModel)
 install_push_to_hub()
 install_model_card()
 install_atomic_save()
+install_checked_load()
 
 
 def get_smat_model(model, config: SmatConfig, adapter_name: str = "default", **kwargs):
@@ -57,6 +64,7 @@ def get_smat_model(model, config: SmatConfig, adapter_name: str = "default", **k
 __all__ = [
     "AdapterFileNotFoundError",
     "AdapterIntegrityError",
+    "BaseWeightsMismatchError",
     "EpisodeSampler",
     "MetaTrainingArguments",
     "RouterOutput",

@@ -14,7 +14,7 @@
 """The `smat-peft` command line.
 
     smat-peft push ADAPTER_DIR REPO_ID [--private] [--revision REV] [--subfolder DIR] [--commit-message MSG]
-                   [--token TOKEN] [--base-model NAME_OR_PATH]
+                   [--token TOKEN] [--base-model NAME_OR_PATH] [--include PATTERN ...] [--dry-run]
     smat-peft export ADAPTER_DIR OUTPUT_DIR [--delta-dtype {float16,bfloat16,float32}] [--base-model NAME_OR_PATH]
                      [--verify]
 
@@ -61,6 +61,19 @@ def add_push_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME_OR_PATH",
         help="Base model named in the model card (default: base_model_name_or_path from adapter_config.json).",
     )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="Also upload the files matching this path or glob, relative to ADAPTER_DIR (repeatable). Only the "
+        "adapter's own files are uploaded otherwise; training state and checkpoints never are.",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="List the files that would be uploaded and exit, without contacting the Hub.",
+    )
     parser.set_defaults(func=run_push)
     return parser
 
@@ -68,6 +81,10 @@ def add_push_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_push(args: argparse.Namespace) -> int:
     from .hub import push_smat_folder_to_hub
 
+    if args.token is not None and not args.token.strip():
+        raise ValueError(
+            "--token is empty: pass a Hub token (hf_...), or omit --token to use the logged-in one / HF_TOKEN."
+        )
     url = push_smat_folder_to_hub(
         args.adapter_dir,
         args.repo_id,
@@ -77,7 +94,14 @@ def run_push(args: argparse.Namespace) -> int:
         commit_message=args.commit_message,
         base_model=args.base_model,
         token=args.token,
+        include=args.include,
+        dry_run=args.dry_run,
     )
+    if args.dry_run:
+        _print(f"Would upload to {args.repo_id} (dry run, nothing sent):")
+        for path in url:
+            _print(f"  {path}")
+        return 0
     _print(f"Pushed {args.adapter_dir} to {args.repo_id}: {url}")
     return 0
 
@@ -266,13 +290,15 @@ def _training_dataclasses(args: argparse.Namespace):
             (ModelArguments, DataArguments, MetaTrainingArguments)]
 
 
-def _build_model(model_args, for_training: bool):
-    from transformers import AutoImageProcessor, AutoModel
+def _build_model(model_args, for_training: bool, seed: Optional[int] = None):
+    from transformers import AutoImageProcessor, AutoModel, set_seed
 
     from . import SmatConfig, get_smat_model
 
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a local transformers model directory or a Hub id).")
+    if seed is not None:  # --seed also fixes the adapter's (and any newly initialised head's) initial weights
+        set_seed(seed)
     backbone = AutoModel.from_pretrained(model_args.model_name_or_path)
     try:
         processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
@@ -298,7 +324,7 @@ def run_meta_train(args: argparse.Namespace) -> int:
         raise ValueError("--method pretrained has nothing to train; use `smat-peft evaluate --method pretrained`.")
     if not data_args.train_datasets:
         raise ValueError("--train_datasets is required, e.g. --train_datasets emoji=/data/emoji cards=/data/cards.")
-    model, processor = _build_model(model_args, for_training=True)
+    model, processor = _build_model(model_args, for_training=True, seed=training_args.seed)
     trainer = SmatMetaTrainer(model, training_args, train_datasets=load_domains(data_args.train_datasets),
                               eval_datasets=load_domains(data_args.eval_datasets), image_processor=processor)
     metrics = trainer.train()
@@ -423,6 +449,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as error:  # user-fixable: files, base model, Hub (HfHubHTTPError is an OSError)
         print(f"smat-peft {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        if not _is_network_error(error):
+            raise
+        from huggingface_hub import constants
+
+        print(f"smat-peft {args.command}: error: cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: "
+              f"{error}). Check your connection (or HF_ENDPOINT) and try again; nothing was uploaded.", file=sys.stderr)
+        return 1
+
+
+def _is_network_error(error: BaseException) -> bool:
+    """A connection failure of the HTTP clients huggingface_hub uses (they are not OSErrors)."""
+    clients = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+    return any(cls.__module__.split(".")[0] in clients for cls in type(error).__mro__)
 
 
 if __name__ == "__main__":

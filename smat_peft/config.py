@@ -26,6 +26,7 @@ from .peft_type import SmatPeftType
 
 _MASK_DTYPES = ("float32", "bfloat16", "float16")
 _MASK_INITS = ("normal", "dense", "random_binary")
+_MAX_EXPERTS = 1024
 # Version of the on-disk adapter format this release writes and the newest it reads (`smat_format_version`).
 SMAT_FORMAT_VERSION = 1
 
@@ -105,6 +106,9 @@ class SmatConfig(PeftConfig):
             `save_pretrained` and checked on load (see `smat_peft.integrity`).
         compact (`Optional[dict]`): Set only in compact inference exports (see `smat_peft.export`): the compact
             format version, mask threshold and delta dtype. `None` for ordinary adapters.
+        base_weights_fingerprint (`Optional[dict]`): A few values at fixed positions of a fixed sample of the adapted
+            base parameters, recorded by `save_pretrained` and compared (within 1%) on load, so an adapter loaded
+            onto another checkpoint of the same architecture is refused (`check_base_weights=False` overrides).
 
     Example:
 
@@ -226,6 +230,10 @@ class SmatConfig(PeftConfig):
         default=None,
         metadata={"help": "Compact inference export block (format version, mask threshold, delta dtype); else None."},
     )
+    base_weights_fingerprint: Optional[dict] = field(
+        default=None,
+        metadata={"help": "A few sampled values of the adapted base weights, recorded on save and checked on load."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -241,8 +249,17 @@ class SmatConfig(PeftConfig):
         if self.layers_pattern and not self.layers_to_transform:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
 
-        if not isinstance(self.num_experts, int) or self.num_experts < 1:
-            raise ValueError(f"`num_experts` must be a positive int (M >= 1), got {self.num_experts!r}.")
+        if not isinstance(self.num_experts, int) or isinstance(self.num_experts, bool) or self.num_experts < 1:
+            raise ValueError(f"`num_experts` must be a positive int, got {self.num_experts!r}.")
+        if self.num_experts > _MAX_EXPERTS:  # every adapted weight stores num_experts mask logits per element
+            raise ValueError(
+                f"`num_experts` must be at most {_MAX_EXPERTS}, got {self.num_experts}: each expert holds one mask "
+                "logit per adapted weight element (the paper uses 8)."
+            )
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise ValueError(
+                f"`sparsity` must be a number in [0, 1), got {self.sparsity!r} ({type(self.sparsity).__name__})."
+            )
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"`sparsity` is the target fraction of zeros and must be in [0, 1), got {self.sparsity}.")
         if self.mask_init not in _MASK_INITS:

@@ -43,7 +43,6 @@ import json
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -59,14 +58,18 @@ from .integrity import (
     CONFIG_NAME,
     AdapterFileNotFoundError,
     AdapterIntegrityError,
+    base_weights_fingerprint,
     check_adapter_dir,
     check_safetensors,
     check_weights_checksum,
     commit_directory,
+    discard_staging,
     download_adapter_file,
     file_sha256,
     read_adapter_config,
+    recover_directory,
     staging_directory,
+    verify_base_weights,
 )
 from .layer import SmatLayer
 
@@ -182,6 +185,7 @@ def _adapter_state(model: Any) -> tuple[dict[str, torch.Tensor], SmatConfig]:
     config = copy.deepcopy(config)
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = model.base_model.model.__dict__.get("name_or_path") or None
+    config.base_weights_fingerprint = base_weights_fingerprint(model, adapter_name)
     return get_peft_model_state_dict(model, adapter_name=adapter_name), config
 
 
@@ -250,10 +254,9 @@ def export_compact(
         }
         config.weights_sha256 = file_sha256(weights)
         config.save_pretrained(staging)
-        os.makedirs(target, exist_ok=True)
         commit_directory(staging, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_staging(staging, target)
     return os.path.join(target, COMPACT_WEIGHTS_NAME)
 
 
@@ -263,6 +266,7 @@ def _compact_files(source: str, subfolder: Optional[str], **kwargs: Any) -> tupl
     """Local paths of a compact export's config and weights (downloaded for a Hub repo id), and a display name."""
     local = os.path.join(source, subfolder) if subfolder else source
     if os.path.isdir(local):
+        recover_directory(local)  # finish an export that a kill interrupted after it was complete
         weights = os.path.join(local, COMPACT_WEIGHTS_NAME)
         return os.path.join(local, CONFIG_NAME), weights if os.path.isfile(weights) else None, local
     if os.path.exists(local) or os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1:
@@ -409,6 +413,7 @@ def load_compact(
     directory: Union[str, os.PathLike],
     adapter_name: str = "default",
     subfolder: Optional[str] = None,
+    check_base_weights: bool = True,
     **kwargs: Any,
 ):
     """Load a compact SMAT export onto a base model, as an ordinary SMAT `PeftModel` in inference mode.
@@ -422,6 +427,8 @@ def load_compact(
         directory (`str`): The export directory, or a Hub repo id holding one.
         adapter_name (`str`): Name of the loaded adapter.
         subfolder (`str`, *optional*): Folder of the export inside `directory` / the repo.
+        check_base_weights (`bool`): Compare the base weights with the fingerprint recorded at export (a few sampled
+            values) and refuse another checkpoint of the same architecture; `False` skips it.
         kwargs: For a Hub repo id, passed to `huggingface_hub.hf_hub_download` (`revision`, `token`, `cache_dir`).
 
     Returns:
@@ -482,6 +489,8 @@ def load_compact(
                 f"The compact SMAT export {where} does not match its own config: missing {missing[:3]}, unexpected "
                 f"{list(result.unexpected_keys)[:3]}. Export it again."
             )
+        if check_base_weights:
+            verify_base_weights(model, config.base_weights_fingerprint, where)
     except Exception:
         _strip_adapter(base_model)
         raise

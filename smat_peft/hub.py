@@ -370,6 +370,99 @@ def _prepare_repo(
     return api, repo_id
 
 
+# What an adapter directory consists of: the only files `push_smat_folder_to_hub` uploads, in the directory and in
+# each named adapter's sub-directory. Nothing else is uploaded unless named with `include`: no checkpoints, training
+# state, logs or other pickles; no symlink whose target is outside the directory.
+ADAPTER_FILE_NAMES = (
+    "adapter_config.json",  # the config (with SMAT's integrity records: checksums, fingerprints, format version)
+    "adapter_model.safetensors",  # the weights (peft's name)
+    "adapter_model.bin",  # the weights when saved with `safe_serialization=False` (a pickle: prefer safetensors)
+    "smat_compact.safetensors",  # a compact inference export's weights (`smat_peft.export`)
+)
+# Never uploaded, not even when named with `include`: training state and checkpoints (they can hold data, paths and
+# optimizer state nobody should download) and the temporaries of an interrupted save.
+_NEVER_UPLOADED = re.compile(
+    r"(^|/)(checkpoint-[^/]*|training_state[^/]*|optimizer[^/]*|scheduler[^/]*|rng_state[^/]*|training_args\.bin"
+    r"|\.[^/]*\.tmp-[^/]*|[^/]*\.tmp-[^/]*|\.smat_commit\.json)(/|$)"
+)
+
+
+def _inside(path: str, root: str) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(root)
+    return real == root or real.startswith(root + os.sep)
+
+
+def _named_adapter_folders(adapter_dir: str) -> list[str]:
+    """Sub-directories holding a named adapter (peft saves adapter `name` to `name/`); never checkpoints."""
+    from .integrity import CONFIG_NAME
+
+    folders = []
+    for name in sorted(os.listdir(adapter_dir)):
+        path = os.path.join(adapter_dir, name)
+        if name.startswith(".") or _NEVER_UPLOADED.search(name) or not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+            continue
+        if os.path.islink(path) or not _inside(path, adapter_dir):
+            continue
+        folders.append(name)
+    return folders
+
+
+def adapter_upload_files(
+    adapter_dir: Union[str, os.PathLike], include: Sequence[str] = ()
+) -> list[tuple[str, str]]:
+    """The files `push_smat_folder_to_hub` uploads from `adapter_dir`, as `(local path, path in the repo)` pairs.
+
+    The allow-list [`ADAPTER_FILE_NAMES`] in the directory and in each named adapter's sub-directory (a folder with
+    its own `adapter_config.json`; `checkpoint-*` folders are never adapters), plus the files matching the glob
+    patterns of `include` (relative to `adapter_dir`). The model card (README.md) is written by the push itself.
+    Training state and checkpoints are never uploaded, and a file (or symlink) that resolves outside `adapter_dir` is
+    refused with an error naming it.
+
+    Example:
+
+    ```py
+    >>> from smat_peft.hub import adapter_upload_files
+    >>> [repo_path for _, repo_path in adapter_upload_files("outputs/adapter")]  # doctest: +SKIP
+    ['adapter_config.json', 'adapter_model.safetensors']
+    ```
+    """
+    import glob
+
+    adapter_dir = os.fspath(adapter_dir)
+    chosen: dict[str, str] = {}
+    for folder in [""] + _named_adapter_folders(adapter_dir):
+        for name in ADAPTER_FILE_NAMES:
+            rel = f"{folder}/{name}" if folder else name
+            if os.path.lexists(os.path.join(adapter_dir, rel)):
+                chosen[rel] = os.path.join(adapter_dir, rel)
+    for pattern in include:
+        matches = sorted(glob.glob(os.path.join(glob.escape(adapter_dir), pattern), recursive=True))
+        files = [m for m in matches if os.path.isfile(m)]
+        if not files:
+            raise ValueError(
+                f"--include {pattern!r} matches no file in {adapter_dir}: give a path or glob relative to the adapter "
+                "directory, e.g. --include 'eval/*.json'."
+            )
+        for path in files:
+            rel = os.path.relpath(path, adapter_dir).replace(os.sep, "/")
+            if _NEVER_UPLOADED.search(rel):
+                raise ValueError(
+                    f"{path} is training state, a checkpoint or a temporary file, which push never uploads (it can "
+                    "hold optimizer state, data or paths, and pickles run code when loaded). Share the adapter only, "
+                    "or upload such files yourself with `huggingface_hub.upload_file` if you really mean to."
+                )
+            chosen[rel] = path
+    for rel, path in chosen.items():
+        if not _inside(path, adapter_dir):
+            raise ValueError(
+                f"{path} is a symlink to {os.path.realpath(path)}, outside {adapter_dir}: push uploads only files "
+                "inside the adapter directory. Replace the link with the file itself."
+            )
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is not a regular file; push uploads only files. Remove it or save again.")
+    return sorted(((path, rel) for rel, path in chosen.items()), key=lambda item: item[1])
+
+
 def push_smat_folder_to_hub(
     adapter_dir: Union[str, os.PathLike],
     repo_id: str,
@@ -385,13 +478,16 @@ def push_smat_folder_to_hub(
     commit_description: Optional[str] = None,
     create_pr: bool = False,
     tags: Optional[Sequence[str]] = None,
-) -> str:
+    include: Sequence[str] = (),
+    dry_run: bool = False,
+) -> Union[str, list[str]]:
     """Push a saved SMAT adapter directory (or a compact export) to the Hub with a SMAT model card, in one commit.
 
     Like [`push_smat_to_hub`], without loading a base model: the directory is checked first
-    (`smat_peft.integrity.check_adapter_dir`), then its adapter files (`adapter_config.json`, the weights file, and
-    the same for each named adapter in a sub-directory) are uploaded with `smat_model_card(...)` as README.md. Other
-    files in the directory (checkpoints, logs) are not uploaded.
+    (`smat_peft.integrity.check_adapter_dir`), then exactly its adapter files are uploaded (see
+    [`adapter_upload_files`]: `adapter_config.json` and the weights file, in the directory and in each named adapter's
+    sub-directory) with `smat_model_card(...)` as README.md. Nothing else is uploaded: no checkpoints, training state,
+    logs, other `*.safetensors` / `*.bin` files, or symlinks leading out of the directory.
 
     Args:
         adapter_dir (`str`): What `model.save_pretrained` or `smat_peft.export_compact` wrote.
@@ -399,37 +495,41 @@ def push_smat_folder_to_hub(
             meta_training, token: As in [`push_smat_to_hub`].
         base_model (`str`, *optional*): Base model named in the card; defaults to the config's
             `base_model_name_or_path`.
+        include (`Sequence[str]`): Extra files to upload, as paths or glob patterns relative to `adapter_dir`
+            (training state and checkpoints are refused even here).
+        dry_run (`bool`): Check the directory and return the paths that would be uploaded (in the repo), without
+            contacting the Hub.
 
     Returns:
-        `str`: the commit URL.
+        `str`: the commit URL; with `dry_run`, the list of paths that would be uploaded.
 
     Example:
 
     ```py
     >>> from smat_peft.hub import push_smat_folder_to_hub
+    >>> push_smat_folder_to_hub("outputs/adapter", "me/smat-vit", dry_run=True)  # doctest: +SKIP
+    ['README.md', 'adapter_config.json', 'adapter_model.safetensors']
     >>> url = push_smat_folder_to_hub("outputs/adapter", "me/smat-vit", private=True)  # doctest: +SKIP
     ```
     """
-    from .integrity import CONFIG_NAME, check_adapter_dir
+    from .integrity import check_adapter_dir
 
     adapter_dir = os.fspath(adapter_dir)
     attributes = check_adapter_dir(adapter_dir, allow_compact=True)
     config = SmatConfig.from_peft_type(**attributes)
-    folders = [""] + sorted(
-        name for name in os.listdir(adapter_dir) if os.path.isfile(os.path.join(adapter_dir, name, CONFIG_NAME))
-    )
-    for name in folders[1:]:
+    for name in _named_adapter_folders(adapter_dir):
         check_adapter_dir(os.path.join(adapter_dir, name), allow_compact=True)
+    files = adapter_upload_files(adapter_dir, include)
     subfolder = subfolder.strip("/") if subfolder else None
+    if dry_run:
+        prefix = f"{subfolder}/" if subfolder else ""
+        return sorted(prefix + rel for rel in ["README.md"] + [rel for _, rel in files if rel != "README.md"])
     revision = revision or None
     api, repo_id = _prepare_repo(repo_id, private=private, revision=revision, token=token)
     with tempfile.TemporaryDirectory() as tmp_dir:
-        for folder in folders:
-            os.makedirs(os.path.join(tmp_dir, folder), exist_ok=True)
-            for name in os.listdir(os.path.join(adapter_dir, folder)):
-                source = os.path.join(adapter_dir, folder, name)
-                if os.path.isfile(source) and (name == CONFIG_NAME or name.endswith((".safetensors", ".bin"))):
-                    shutil.copy2(source, os.path.join(tmp_dir, folder, name))
+        for source, rel in files:
+            os.makedirs(os.path.dirname(os.path.join(tmp_dir, rel)), exist_ok=True)
+            shutil.copyfile(source, os.path.join(tmp_dir, rel))
         card = smat_model_card(
             config,
             base_model=base_model,

@@ -23,11 +23,15 @@ half-loaded model:
 - a safetensors file that is truncated or corrupted: the 8-byte header length, the JSON header and the size of the
   data section are checked against each other (safetensors' own error does not name the file);
 - a weights file whose SHA-256 differs from the `weights_sha256` recorded in `adapter_config.json` at save time
-  (this catches corruption that keeps the file's size, and a save interrupted between its two files).
+  (this catches corruption that keeps the file's size);
+- weights that disagree with the config (`num_experts`), a `peft_type` relabelled away from SMAT, and (after
+  loading, rolled back on failure) base weights other than the ones recorded in `base_weights_fingerprint`
+  (`install_checked_load`).
 
 Saving (`install_atomic_save`, run on `import smat_peft`): `PeftModel.save_pretrained` of SMAT adapters writes into
-a temporary sibling directory, records each weights file's SHA-256 in its config, then moves each file into place
-with `os.replace` (weights first, config last). A save that fails half-way leaves the previous adapter untouched.
+a temporary sibling directory, records each weights file's SHA-256 and the base-weights fingerprint in its config,
+then commits it with a journal (`commit_directory`): a kill at any instant leaves the previous or the new adapter
+loadable, and the next save or load finishes an interrupted commit and removes stale temporaries.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Optional
@@ -51,7 +56,7 @@ COMPACT_WEIGHTS_NAME = "smat_compact.safetensors"
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors refuses headers above 100 MB
 _DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "F8_E8M0": 1, "C64": 8,
 }
 _REFETCH = "Save the adapter again, or download it again"
 
@@ -150,6 +155,7 @@ def check_safetensors(path: str) -> dict[str, Any]:
         raise AdapterIntegrityError(f"{broken}: the header is not a JSON object. {_REFETCH}.")
     data_size = size - 8 - header_size
     described = 0
+    ranges = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -158,14 +164,31 @@ def check_safetensors(path: str) -> dict[str, Any]:
             numel = 1
             for dim in shape:
                 numel *= int(dim)
-            valid = 0 <= begin <= end and (dtype not in _DTYPE_SIZES or end - begin == numel * _DTYPE_SIZES[dtype])
+            known = dtype in _DTYPE_SIZES
+            valid = known and isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
+            valid = valid and end - begin == numel * _DTYPE_SIZES[dtype]
         except (KeyError, TypeError, ValueError):
-            valid = False
+            known, valid = True, False
+        if not known:
+            raise AdapterIntegrityError(
+                f"{broken}: tensor {name!r} has the unknown dtype {dtype!r} (known: {', '.join(_DTYPE_SIZES)}). The "
+                f"file is corrupted or was written by a newer safetensors. {_REFETCH}."
+            )
         if not valid:
             raise AdapterIntegrityError(
                 f"{broken}: the header entry of tensor {name!r} is invalid ({info!r}). {_REFETCH}."
             )
+        ranges.append((begin, end, name))
         described = max(described, end)
+    position = 0
+    for begin, end, name in sorted(ranges):
+        if begin != position:
+            what = "overlaps the previous tensor" if begin < position else "leaves a gap before it"
+            raise AdapterIntegrityError(
+                f"{broken}: the byte range [{begin}, {end}) of tensor {name!r} {what} (expected it to start at "
+                f"{position}). {_REFETCH}."
+            )
+        position = end
     if described != data_size:
         what = "truncated" if data_size < described else "longer than its header describes"
         raise AdapterIntegrityError(
@@ -173,6 +196,24 @@ def check_safetensors(path: str) -> dict[str, Any]:
             f"is {what}. {_REFETCH}."
         )
     return header
+
+
+def check_weights_match_config(
+    header: dict[str, Any], attributes: dict[str, Any], weights: str, config_path: str
+) -> None:
+    """Check that the weights file holds as many experts as its config says (an edited `num_experts` would
+    otherwise fail deep inside torch, after the base model was modified)."""
+    experts = attributes.get("num_experts")
+    for name, info in header.items():
+        if ".smat_log_alpha." not in name or not isinstance(info, dict):
+            continue
+        shape = info.get("shape") or [None]
+        if shape[0] != experts:
+            raise AdapterIntegrityError(
+                f"{config_path} says num_experts={experts!r}, but {weights} holds {shape[0]} experts ({name} has shape "
+                f"{shape}): the config was edited or belongs to other weights. Set num_experts to {shape[0]} again, "
+                "or save the adapter again."
+            )
 
 
 def check_weights_checksum(path: str, expected: Optional[str], config_path: str) -> None:
@@ -210,6 +251,7 @@ def check_adapter_dir(directory: str, allow_compact: bool = False) -> dict[str, 
         raise AdapterFileNotFoundError(
             f"SMAT adapter directory {directory} is {kind}: pass the directory that `save_pretrained` wrote."
         )
+    recover_directory(directory)  # finish a save that a kill interrupted after it was complete
     config_path = os.path.join(directory, CONFIG_NAME)
     attributes = read_adapter_config(config_path)
     compact = attributes.get("compact")
@@ -226,7 +268,9 @@ def check_adapter_dir(directory: str, allow_compact: bool = False) -> dict[str, 
             f"{CONFIG_NAME} but no weights file). {_REFETCH}."
         )
     if weights.endswith(".safetensors"):
-        check_safetensors(weights)
+        header = check_safetensors(weights)
+        if not compact:
+            check_weights_match_config(header, attributes, weights, config_path)
     check_weights_checksum(weights, attributes.get("weights_sha256"), config_path)
     return attributes
 
@@ -306,7 +350,7 @@ def check_adapter(pretrained_model_name_or_path: str, subfolder: Optional[str] =
             "adapter again (e.g. `smat-peft push ADAPTER_DIR REPO_ID`)."
         )
     if weights.endswith(".safetensors"):
-        check_safetensors(weights)
+        check_weights_match_config(check_safetensors(weights), attributes, weights, f"{CONFIG_NAME} of {where}")
     check_weights_checksum(weights, attributes.get("weights_sha256"), f"{CONFIG_NAME} of {where}")
 
 
@@ -332,32 +376,164 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def commit_directory(staging: str, target: str) -> list[str]:
-    """Move every file of `staging` into `target` (same relative paths) with `os.replace`: weights, then other
-    files, then `adapter_config.json`. Each file replaces its previous version atomically; other files in `target`
-    are left alone. Returns the relative paths moved.
+JOURNAL_NAME = ".smat_commit.json"
+_STAGING_NAME = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _write_json_durably(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(value))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def recover_directory(target: str) -> bool:
+    """Finish a commit into `target` that a killed process left half done; return whether there was one.
+
+    [`commit_directory`] writes a journal (`.smat_commit.json`: the staging directory and its files) into `target`
+    before it moves the first file and removes it after the last, so a journal on disk means "the staging directory
+    is complete, roll forward": the files still in staging are moved into place. Run by every save into `target` and
+    by every SMAT loader before it checks `target`.
     """
+    journal = os.path.join(target, JOURNAL_NAME)
+    if os.path.isdir(target):  # a journal that a kill left half written never counted: drop it
+        for name in os.listdir(target):
+            pid = name[len(JOURNAL_NAME) + len(".tmp-"):]
+            if name.startswith(f"{JOURNAL_NAME}.tmp-") and pid.isdigit() and not process_alive(int(pid)):
+                try:
+                    os.remove(os.path.join(target, name))
+                except OSError:
+                    pass
+    if not os.path.isfile(journal):
+        return False
+    try:
+        with open(journal, encoding="utf-8") as f:
+            record = json.load(f)
+        staging_name, files = record["staging"], list(record["files"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise AdapterIntegrityError(
+            f"{journal} records an interrupted save but cannot be read ({error}). Save the adapter again."
+        ) from None
+    safe = isinstance(staging_name, str) and _STAGING_NAME.match(staging_name) and all(
+        isinstance(rel, str) and not os.path.isabs(rel) and ".." not in rel.replace("\\", "/").split("/")
+        for rel in files
+    )
+    if not safe:
+        raise AdapterIntegrityError(f"{journal} names files outside the adapter directory; delete it and save again.")
+    staging = os.path.join(os.path.dirname(os.path.realpath(target)), staging_name)
+    try:
+        for rel in files:
+            source = os.path.join(staging, rel)
+            if os.path.isfile(source):
+                os.makedirs(os.path.dirname(os.path.join(target, rel)), exist_ok=True)
+                os.replace(source, os.path.join(target, rel))
+        _fsync(target)
+        os.remove(journal)
+        _fsync(target)
+    except OSError as error:
+        raise AdapterIntegrityError(
+            f"A save into {target} was interrupted and cannot be completed here ({error}): the complete new files "
+            f"are in {staging}. Run the load once with write access to {target}, or save the adapter again."
+        ) from None
+    shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def commit_directory(staging: str, target: str) -> list[str]:
+    """Move every file of `staging` into `target` (same relative paths), so that a kill at any instant leaves
+    either the previous files or the new ones loadable; returns the relative paths moved.
+
+    The files are made durable, then a journal naming `staging` and its files is written into `target` (one atomic
+    `os.replace`): from that instant the save counts as done, and [`recover_directory`] (run by the next save and by
+    every SMAT loader) finishes a move that a kill interrupted. Then each file replaces its previous version with
+    `os.replace` (weights first, configs last), the journal is removed and `staging` deleted. Other files in
+    `target` are left alone. `staging` must be a sibling of `target` made by [`staging_directory`].
+    """
+    target = os.path.realpath(target)
     files = []
     for root, _, names in os.walk(staging):
         for name in names:
             files.append(os.path.relpath(os.path.join(root, name), staging))
     files.sort(key=lambda rel: (_commit_order(rel), rel))
+    os.makedirs(target, exist_ok=True)
+    recover_directory(target)
     for rel in files:
-        source, destination = os.path.join(staging, rel), os.path.join(target, rel)
+        _fsync(os.path.join(staging, rel))
+    for root, _, _ in os.walk(staging):
+        _fsync(root)
+    journal = os.path.join(target, JOURNAL_NAME)
+    _write_json_durably(journal, {"staging": os.path.basename(os.path.normpath(staging)), "files": files})
+    _fsync(target)
+    for rel in files:
+        destination = os.path.join(target, rel)
         os.makedirs(os.path.dirname(destination), exist_ok=True)
-        _fsync(source)
-        os.replace(source, destination)
-    if files:
-        _fsync(target)
+        os.replace(os.path.join(staging, rel), destination)
+    _fsync(target)
+    os.remove(journal)
+    _fsync(target)
+    shutil.rmtree(staging, ignore_errors=True)
     return files
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a temporary named after a dead one is stale)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, AttributeError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str) -> list[str]:
+    """Delete the staging directories that killed saves into `target` left beside it; return their paths.
+
+    A staging directory `.<name>.tmp-<pid>-<random>` is stale when process `<pid>` no longer runs and no journal in
+    `target` still needs it (see [`recover_directory`]).
+    """
+    target = os.path.realpath(target)
+    parent, base = os.path.dirname(target), os.path.basename(target)
+    if os.path.isdir(target):
+        recover_directory(target)
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = _STAGING_NAME.match(name)
+        if match and match.group("base") == base and not process_alive(int(match.group("pid"))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def discard_staging(staging: str, target: str) -> None:
+    """Delete `staging` after a failed or finished save, unless a journal in `target` still needs its files."""
+    journal = os.path.join(os.path.realpath(target), JOURNAL_NAME)
+    if os.path.isfile(journal):
+        try:
+            with open(journal, encoding="utf-8") as f:
+                if json.load(f).get("staging") == os.path.basename(os.path.normpath(staging)):
+                    return
+        except (OSError, ValueError, AttributeError):
+            return
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def staging_directory(target: str) -> str:
-    """A new empty temporary directory next to `target` (same filesystem, so `os.replace` is atomic)."""
+    """A new empty temporary directory next to `target` (same filesystem, so `os.replace` is atomic), after
+    finishing an interrupted commit into `target` and removing stale temporaries of killed saves."""
     target = os.path.realpath(target)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    remove_stale_temporaries(target)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-{os.getpid()}-", dir=parent)
 
 
 def record_weights_checksum(directory: str) -> Optional[str]:
@@ -378,11 +554,11 @@ def install_atomic_save() -> None:
     """Make `PeftModel.save_pretrained` atomic and checksummed for models whose saved adapters are all SMAT.
 
     The adapters are saved by peft into a temporary sibling directory (an existing README.md is copied in first, so
-    peft updates it as usual); each weights file's SHA-256 is recorded in its `adapter_config.json`; then the files
-    are moved into `save_directory` with `os.replace`, weights first and configs last. If anything fails before the
-    move, `save_directory` is untouched; a process killed mid-save may leave a `.<name>.tmp-*` directory behind,
-    which is safe to delete. Other peft methods, `is_main_process=False` and non-directory targets go straight to
-    peft. Run on `import smat_peft`.
+    peft updates it as usual); each weights file's SHA-256 and the base-weights fingerprint are recorded in its
+    `adapter_config.json`; then the directory is committed into `save_directory` by [`commit_directory`] (journal,
+    then `os.replace` of each file). A kill at any instant leaves the previous or the new adapter loadable; the next
+    save removes the `.<name>.tmp-*` directories of killed saves. Other peft methods, `is_main_process=False` and
+    non-directory targets go straight to peft. Run on `import smat_peft`.
 
     Example:
 
@@ -420,13 +596,259 @@ def install_atomic_save() -> None:
             readme = os.path.join(target, "README.md")
             if os.path.isfile(readme):
                 shutil.copy2(readme, os.path.join(staging, "README.md"))
+            for name in selected:  # which base weights the adapter was trained on, checked at load
+                configs[name].base_weights_fingerprint = base_weights_fingerprint(self, name)
             original(self, staging, *args, **kwargs)
             for name in selected:
                 record_weights_checksum(staging if name == "default" else os.path.join(staging, name))
-            os.makedirs(target, exist_ok=True)
             commit_directory(staging, target)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_staging(staging, target)
 
     save_pretrained._smat_atomic = True
     PeftModel.save_pretrained = save_pretrained
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# which base weights an adapter was trained on
+class BaseWeightsMismatchError(AdapterIntegrityError):
+    """A SMAT adapter is being loaded onto base weights other than the ones it was trained on."""
+
+
+_FINGERPRINT_LAYERS = 8  # sampled adapted base parameters
+_FINGERPRINT_VALUES = 8  # sampled values per parameter (evenly spaced over the flattened tensor)
+_FINGERPRINT_RTOL = 1e-2  # tolerant of loading the base model in bf16 / fp16
+
+
+def _base_parameter_name(name: str) -> str:
+    """A parameter's name in the plain base model, from its name inside a `PeftModel` / `SmatModel`."""
+    if name.startswith("base_model.model."):
+        name = name[len("base_model.model."):]
+    return name.replace(".base_layer.", ".")
+
+
+def _sample(param: Any) -> list[float]:
+    import torch
+
+    flat = param.detach().reshape(-1)
+    index = torch.linspace(0, flat.numel() - 1, min(_FINGERPRINT_VALUES, flat.numel())).round().long()
+    return [float(f"{v:.6g}") for v in flat[index.to(flat.device)].float().cpu().tolist()]
+
+
+def base_weights_fingerprint(model: Any, adapter_name: str) -> Optional[dict[str, Any]]:
+    """A cheap fingerprint of the base weights under a SMAT adapter: a few values at fixed positions of a fixed
+    sample of the adapted base parameters (names of the plain base model). Recorded at save in
+    `base_weights_fingerprint`; `None` when the adapter is merged into the base weights.
+
+    Example:
+
+    ```py
+    >>> from smat_peft.integrity import base_weights_fingerprint
+    >>> sorted(base_weights_fingerprint(model, "default")["parameters"])[:1]  # doctest: +SKIP
+    ['encoder.layer.0.attention.attention.query.weight']
+    ```
+    """
+    from .layer import SmatLayer
+
+    layers = sorted(
+        (name, module) for name, module in model.named_modules()
+        if isinstance(module, SmatLayer) and adapter_name in module.smat_delta and module.param_names
+    )
+    if not layers or any(getattr(module, "merged", False) for _, module in layers):
+        return None
+    step = max(1, len(layers) // _FINGERPRINT_LAYERS)
+    parameters = {}
+    for name, module in layers[::step][:_FINGERPRINT_LAYERS]:
+        param_name = module.param_names[0]
+        param = dict(module.get_base_layer().named_parameters())[param_name]
+        parameters[_base_parameter_name(f"{name}.{param_name}")] = _sample(param)
+    return {"version": 1, "parameters": parameters}
+
+
+def verify_base_weights(model: Any, fingerprint: Optional[dict[str, Any]], where: str) -> None:
+    """Compare the base weights under a loaded SMAT adapter with the fingerprint recorded at save.
+
+    Raises:
+        BaseWeightsMismatchError: naming the differing parameters and the override.
+    """
+    import torch
+
+    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("parameters"), dict):
+        return
+    params = {_base_parameter_name(name): p for name, p in model.named_parameters()}
+    params.update({_base_parameter_name(name): p for name, p in model.named_buffers()})
+    differing = []
+    for name, expected in fingerprint["parameters"].items():
+        param = params.get(name)
+        if param is None:
+            differing.append(f"{name} (not in the base model)")
+            continue
+        actual, expected_t = torch.tensor(_sample(param)), torch.tensor(expected, dtype=torch.float32)
+        same = actual.shape == expected_t.shape
+        same = same and torch.allclose(actual, expected_t, rtol=_FINGERPRINT_RTOL, atol=1e-4)
+        if not same:
+            differing.append(f"{name} (sampled values {expected[:3]} at save, {actual[:3].tolist()} now)")
+    if differing:
+        raise BaseWeightsMismatchError(
+            f"The SMAT adapter {where} was trained on other base weights: {len(differing)} of "
+            f"{len(fingerprint['parameters'])} sampled base parameters differ, e.g. {differing[0]}. The base model is "
+            "probably another checkpoint of the same architecture: load the checkpoint the adapter was trained on "
+            "(its `base_model_name_or_path`). If the base weights changed on purpose (e.g. you fine-tuned them), pass "
+            "`check_base_weights=False` to `PeftModel.from_pretrained` / `load_adapter` / `load_compact`."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# peft's loading entry points, checked
+def _peft_type_of(attributes: dict[str, Any], path: str) -> str:
+    peft_type = attributes.get("peft_type")
+    if peft_type != "SMAT" and any(key in attributes for key in ("smat_format_version", "smat_version")):
+        raise AdapterIntegrityError(
+            f"{path} says peft_type={peft_type!r} but holds a SMAT adapter (it records smat_format_version / "
+            "smat_version): the file was edited or damaged, and loading it as another method would silently do "
+            f"nothing. Set \"peft_type\": \"SMAT\" again, or {_REFETCH[0].lower()}{_REFETCH[1:]}."
+        )
+    if not isinstance(peft_type, str):
+        raise AdapterIntegrityError(f"{path} has no `peft_type`: it is not a peft adapter config. {_REFETCH}.")
+    return peft_type
+
+
+def _read_json_object(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            attributes = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdapterIntegrityError(f"{path} is not valid JSON ({error}): the file is corrupted. {_REFETCH}.") from None
+    if not isinstance(attributes, dict):
+        raise AdapterIntegrityError(f"{path} must hold a JSON object, got {type(attributes).__name__}. {_REFETCH}.")
+    return attributes
+
+
+def _download_config(model_id: str, **kwargs: Any) -> str:
+    """`hf_hub_download` of an adapter config, with errors that say what went wrong and what to do."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"Hub repo {model_id}" + (f" (subfolder {kwargs['subfolder']})" if kwargs.get("subfolder") else "")
+    accepted = inspect.signature(hf_hub_download).parameters
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and k in accepted}
+    try:
+        return hf_hub_download(model_id, CONFIG_NAME, **kwargs)
+    except (RepositoryNotFoundError, GatedRepoError) as error:
+        raise AdapterFileNotFoundError(
+            f"{where} does not exist or you have no access to it ({type(error).__name__}). Check the repo id, and "
+            "pass `token=...` (or `huggingface-cli login`) for a private repo; a local directory must exist."
+        ) from None
+    except RevisionNotFoundError:
+        raise AdapterFileNotFoundError(f"{where} has no revision {kwargs.get('revision')!r}.") from None
+    except LocalEntryNotFoundError as error:  # a subclass of EntryNotFoundError: test it first
+        raise AdapterFileNotFoundError(
+            f"Cannot reach the Hub to download {CONFIG_NAME} of {where}, and it is not in the local cache ({error}). "
+            "Check your connection (or HF_ENDPOINT), or set HF_HUB_OFFLINE=1 after downloading it once."
+        ) from None
+    except EntryNotFoundError:
+        raise AdapterFileNotFoundError(f"{where} has no {CONFIG_NAME}: it holds no peft adapter.") from None
+    except (OSError, ValueError) as error:  # HTTP errors (an OSError), bad token values, ...
+        raise AdapterFileNotFoundError(f"Cannot download {CONFIG_NAME} of {where}: {error}") from None
+
+
+def install_checked_load() -> None:
+    """Make every peft load path run SMAT's checks and leave the caller's model unchanged when a load fails.
+
+    - `PeftConfig._get_peft_type` (the first thing `PeftModel.from_pretrained` reads): an `adapter_config.json` that
+      is not JSON names its file; a config that records SMAT but says another `peft_type` is refused (it would load
+      as an adapter that does nothing); Hub failures (offline, no such repo, no access) say so.
+    - `PeftModel.from_pretrained` and `load_adapter`: a failed load removes what it injected (the base model, or the
+      `PeftModel`, is as before); a SMAT adapter's recorded base-weights fingerprint is compared with the base model
+      (`check_base_weights=False` skips it).
+    - `PeftModel.save_pretrained` of SMAT adapters records that fingerprint (see `install_atomic_save`).
+
+    Run on `import smat_peft`.
+    """
+    from peft import PeftModel
+    from peft.config import PeftConfigMixin
+
+    from .config import SmatConfig
+
+    original_type = PeftConfigMixin.__dict__["_get_peft_type"].__func__
+    if not getattr(original_type, "_smat_checked", False):
+
+        @functools.wraps(original_type)
+        def _get_peft_type(cls, model_id: str, **hf_hub_download_kwargs: Any) -> str:
+            subfolder = hf_hub_download_kwargs.get("subfolder")
+            path = os.path.join(os.fspath(model_id), subfolder) if subfolder else os.fspath(model_id)
+            config_file = os.path.join(path, CONFIG_NAME)
+            if not os.path.isfile(config_file):
+                if os.path.isdir(path) or os.path.isabs(path) or os.fspath(model_id).startswith((".", "~")):
+                    raise AdapterFileNotFoundError(
+                        f"{config_file} does not exist: pass the directory that `save_pretrained` wrote."
+                    )
+                config_file = _download_config(os.fspath(model_id), **hf_hub_download_kwargs)
+            return _peft_type_of(_read_json_object(config_file), config_file)
+
+        _get_peft_type._smat_checked = True
+        PeftConfigMixin._get_peft_type = classmethod(_get_peft_type)
+
+    import contextvars
+
+    checked_by_caller = contextvars.ContextVar("smat_checked_by_caller", default=False)
+    from_pretrained = PeftModel.__dict__["from_pretrained"].__func__
+    if not getattr(from_pretrained, "_smat_checked", False):
+
+        @functools.wraps(from_pretrained)
+        def checked_from_pretrained(cls, model: Any, model_id: Any, *args: Any, check_base_weights: bool = True,
+                                    **kwargs: Any):
+            from .export import _strip_adapter
+            from .layer import SmatLayer
+
+            fresh = not any(isinstance(m, SmatLayer) for m in model.modules())
+            token = checked_by_caller.set(True)
+            try:
+                try:
+                    loaded = from_pretrained(cls, model, model_id, *args, **kwargs)
+                finally:
+                    checked_by_caller.reset(token)
+                for name, config in loaded.peft_config.items():
+                    if isinstance(config, SmatConfig) and check_base_weights:
+                        verify_base_weights(loaded, config.base_weights_fingerprint, os.fspath(model_id))
+                return loaded
+            except BaseException:
+                if fresh and any(isinstance(m, SmatLayer) for m in model.modules()):  # a SMAT load failed
+                    _strip_adapter(model)
+                raise
+
+        checked_from_pretrained._smat_checked = True
+        PeftModel.from_pretrained = classmethod(checked_from_pretrained)
+
+    load_adapter = PeftModel.load_adapter
+    if not getattr(load_adapter, "_smat_checked", False):
+        signature = inspect.signature(load_adapter)
+
+        @functools.wraps(load_adapter)
+        def checked_load_adapter(self, *args: Any, check_base_weights: bool = True, **kwargs: Any):
+            bound = signature.bind(self, *args, **kwargs)
+            adapter_name = bound.arguments.get("adapter_name")
+            existed = adapter_name in self.peft_config
+            try:
+                result = load_adapter(self, *args, **kwargs)
+                config = self.peft_config.get(adapter_name)
+                if isinstance(config, SmatConfig) and check_base_weights and not checked_by_caller.get():
+                    verify_base_weights(
+                        self, config.base_weights_fingerprint, os.fspath(bound.arguments.get("model_id"))
+                    )
+                return result
+            except BaseException:
+                if not existed and adapter_name in self.peft_config:
+                    try:
+                        self.delete_adapter(adapter_name)
+                    except Exception:  # noqa: BLE001 - the original error is the one to report
+                        pass
+                raise
+
+        checked_load_adapter._smat_checked = True
+        PeftModel.load_adapter = checked_load_adapter

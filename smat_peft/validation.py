@@ -49,6 +49,8 @@ def check_support(
 
     Labels must be integers in `[0, num_classes)` with at least one image for every class.
     """
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+        raise ValueError(f"`num_classes` must be an int (the number of classes, ways), got {num_classes!r}.")
     labels = torch.as_tensor(labels)
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"`support_labels` must hold integer class indices, got dtype {labels.dtype}.")
@@ -57,6 +59,11 @@ def check_support(
     if labels.numel() == 0:
         raise ValueError("The support set is empty: pass at least one labelled image per class.")
     if isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] != labels.shape[0]:
+        if pixel_values.ndim == 3:
+            raise ValueError(
+                f"`support_pixel_values` must have shape [N, C, H, W], got shape {tuple(pixel_values.shape)} (3-D). "
+                "For a single image add the batch dimension (`images.unsqueeze(0)`); for several, stack them."
+            )
         raise ValueError(
             f"`support_pixel_values` has {pixel_values.shape[0]} images but `support_labels` has "
             f"{labels.shape[0]} labels; pass one label per image."

@@ -175,3 +175,106 @@ def test_meta_train_help_lists_every_training_argument(capsys):
     text = capsys.readouterr().out
     for flag in ("--inner_steps", "--distillation_direction", "--tasks_per_update", "--train_datasets", "--config"):
         assert flag in text
+
+
+def hostile_adapter_dir(directory, tmp_path):
+    """An adapter directory that also holds training state, a checkpoint and a symlink to a file outside it."""
+    (directory / "training_args.bin").write_bytes(b"pickled training arguments")
+    checkpoint = directory / "checkpoint-3"
+    checkpoint.mkdir()
+    for name in ("adapter_config.json", SAFETENSORS_NAME):
+        (checkpoint / name).write_bytes((directory / name).read_bytes())
+    (checkpoint / "training_state.json").write_text("{}")
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("a system file")
+    os.symlink(secret, directory / "x.safetensors")
+    (directory / "notes.txt").write_text("my notes")
+    return directory
+
+
+def test_push_uploads_only_the_adapter_files(fake_hub, adapter_dir, tmp_path):
+    directory = hostile_adapter_dir(adapter_dir[0], tmp_path)
+    assert main(["push", str(directory), "user/smat-vit"]) == 0
+    files = set(fake_hub.files("user/smat-vit")) - {".gitattributes"}
+    assert files == {"README.md", "adapter_config.json", SAFETENSORS_NAME}
+
+
+def test_push_dry_run_lists_the_files_and_contacts_nobody(fake_hub, adapter_dir, tmp_path, capsys):
+    directory = hostile_adapter_dir(adapter_dir[0], tmp_path)
+    assert main(["push", str(directory), "user/smat-vit", "--dry-run", "--include", "*.txt", "--subfolder", "s"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.strip() for line in out.splitlines()[1:]]
+    assert listed == ["s/README.md", "s/adapter_config.json", f"s/{SAFETENSORS_NAME}", "s/notes.txt"]
+    assert not fake_hub.repos
+
+
+@pytest.mark.parametrize("pattern", ["checkpoint-3/*", "training_args.bin"])
+def test_push_include_never_uploads_training_state(fake_hub, adapter_dir, tmp_path, capsys, pattern):
+    directory = hostile_adapter_dir(adapter_dir[0], tmp_path)
+    assert main(["push", str(directory), "user/smat-vit", "--include", pattern]) == 1
+    assert "never uploads" in capsys.readouterr().err
+    assert not fake_hub.repos
+
+
+def test_push_refuses_weights_that_are_a_symlink_out_of_the_folder(fake_hub, adapter_dir, tmp_path, capsys):
+    directory, _ = adapter_dir
+    outside = tmp_path / "elsewhere.safetensors"
+    os.replace(directory / SAFETENSORS_NAME, outside)
+    os.symlink(outside, directory / SAFETENSORS_NAME)
+    assert main(["push", str(directory), "user/smat-vit"]) == 1
+    assert "outside" in capsys.readouterr().err and not fake_hub.repos
+
+
+def _tiny_run_config(root, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"model_name_or_path: {root / 'vit'}\nnum_experts: 2\ntrain_datasets: ['a={root / 'a'}']\n"
+        "max_steps: 2\ntasks_per_update: 1\nways: 5\nshots: 2\nqueries: 2\nimage_size: 32\nwarmup_steps: 0\n"
+        "eval_steps: 0\nsave_steps: 1\ndisable_tqdm: true\n"
+    )
+    return config
+
+
+def test_two_meta_train_runs_with_the_same_seed_are_bit_identical(training_assets, tmp_path):
+    from safetensors.torch import load_file
+
+    config = _tiny_run_config(training_assets, tmp_path)
+    for run in ("one", "two"):
+        assert main(["meta-train", "--config", str(config), "--seed", "3", "--output_dir", str(tmp_path / run)]) == 0
+    one = load_file(tmp_path / "one" / "adapter" / SAFETENSORS_NAME)
+    two = load_file(tmp_path / "two" / "adapter" / SAFETENSORS_NAME)
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    # the initial adapter is seeded too: another seed gives other router weights from the start
+    assert main(["meta-train", "--config", str(config), "--seed", "4", "--output_dir", str(tmp_path / "three")]) == 0
+    three = load_file(tmp_path / "three" / "adapter" / SAFETENSORS_NAME)
+    assert any(not torch.equal(one[k], three[k]) for k in one if "router" in k)
+
+
+def test_rerunning_meta_train_into_a_previous_run_is_refused_and_resumable(training_assets, tmp_path, capsys):
+    config = _tiny_run_config(training_assets, tmp_path)
+    out = str(tmp_path / "run")
+    assert main(["meta-train", "--config", str(config), "--output_dir", out]) == 0
+    capsys.readouterr()
+    assert main(["meta-train", "--config", str(config), "--output_dir", out, "--max_steps", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "previous run" in err and "--resume_from_checkpoint latest" in err and "--overwrite_output_dir" in err
+    assert main(["meta-train", "--config", str(config), "--output_dir", out, "--max_steps", "3",
+                 "--resume_from_checkpoint", "latest"]) == 0
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["train_history"]
+    assert [entry["step"] for entry in history] == [2, 3]  # continued from step 2, not restarted
+    assert main(["meta-train", "--config", str(config), "--output_dir", out, "--overwrite_output_dir"]) == 0
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_push_with_the_hub_down_or_an_empty_token_fails_with_one_line(adapter_dir, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    directory, _ = adapter_dir
+    assert main(["push", str(directory), "user/smat-vit", "--token", ""]) == 1
+    assert "--token is empty" in capsys.readouterr().err
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    assert main(["push", str(directory), "user/smat-vit", "--token", FAKE_TOKEN]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("smat-peft push: error:") and len(err.strip().splitlines()) == 1

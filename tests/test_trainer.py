@@ -109,7 +109,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, domains, 
 def test_corrupt_checkpoint_is_reported(tmp_path, domains):
     train, _ = domains
     SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
-    state = tmp_path / "checkpoint-2" / "training_state.pt"
+    state = tmp_path / "checkpoint-2" / "training_state.safetensors"
     state.write_bytes(state.read_bytes()[:100])
     trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
     with pytest.raises(RuntimeError, match="checkpoint-2.*incomplete or corrupt"):
@@ -210,3 +210,195 @@ def test_expert_diagnostics_are_logged(tmp_path, domains):
     assert len(logs["expert_mask_at_upper_clip"]) == 4 and len(logs["multipliers"]) == 4
     assert len(logs["expert_train_mask_expected_density"]) == 4 and logs["mask_grad_norm"] >= 0
     assert 0.5 <= logs["router_temperature"] <= 5.0
+
+
+# ---- checkpoints without pickle, runs that don't eat each other ----------------------------------------------------
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['SMAT_PWNED']}",))
+
+
+def test_checkpoints_hold_no_pickle_and_a_crafted_pickle_never_runs(tmp_path, domains, monkeypatch):
+    import pickle
+
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    files = {str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file()}
+    assert files == {"training_state.safetensors", "training_state.json", "adapter/adapter_config.json",
+                     "adapter/adapter_model.safetensors", "adapter/README.md"}
+    # an old-style checkpoint whose training_state.pt runs code when unpickled
+    for name in ("training_state.safetensors", "training_state.json"):
+        os.remove(checkpoint / name)
+    monkeypatch.setenv("SMAT_PWNED", str(tmp_path / "pwned"))
+    (checkpoint / "training_state.pt").write_bytes(pickle.dumps({"global_step": _RunsCode()}))
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
+    with pytest.raises(RuntimeError, match="checkpoint-2.*incomplete or corrupt"):
+        trainer.train(resume_from_checkpoint=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("damage", ["adapter weights", "state json", "state tensors"])
+def test_a_damaged_checkpoint_never_resumes_silently(tmp_path, domains, damage):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    if damage == "state json":
+        record = json.loads((checkpoint / "training_state.json").read_text())
+        record["tree"]["global_step"] = 1
+        (checkpoint / "training_state.json").write_text(json.dumps(record))
+        match = "training_state.json was changed"
+    else:
+        path = checkpoint / ("adapter/adapter_model.safetensors" if damage == "adapter weights"
+                             else "training_state.safetensors")
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0xFF  # a bit flip in a tensor value: same size, valid header
+        path.write_bytes(bytes(data))
+        match = "SHA-256"
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
+    with pytest.raises(RuntimeError, match=f"checkpoint-2.*{match}"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_rerunning_into_a_previous_run_is_refused_then_resumed_or_overwritten(tmp_path, domains):
+    train, _ = domains
+
+    class Killed(Exception):
+        pass
+
+    class KilledTrainer(SmatMetaTrainer):
+        def _start_update(self, update):
+            if update == 5:
+                raise Killed
+            super()._start_update(update)
+
+    with pytest.raises(Killed):
+        KilledTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2), train_datasets=train).train()
+    assert (tmp_path / "latest").read_text() == "checkpoint-4"
+    # the same command again: refused, nothing deleted
+    with pytest.raises(ValueError, match="previous run.*checkpoint-4.*--resume_from_checkpoint latest.*overwrite"):
+        SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2), train_datasets=train).train()
+    assert sorted(os.listdir(tmp_path / "checkpoint-4"))
+    # resumed through the arguments (as `--resume_from_checkpoint latest` does)
+    resumed = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2,
+                                                      resume_from_checkpoint="latest"), train_datasets=train)
+    resumed.train()
+    assert resumed.history[0]["step"] == 1 and resumed.global_step == 6
+    # start anew: the old run's checkpoints are deleted first, and rotation keeps the new run's
+    fresh = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=3, save_steps=1, overwrite_output_dir=True,
+                                                    save_total_limit=2), train_datasets=train)
+    fresh.train()
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-3"]
+    assert (tmp_path / "latest").read_text() == "checkpoint-3"
+
+
+def test_rotation_never_deletes_the_checkpoint_just_saved(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2, save_total_limit=5),
+                    train_datasets=train).train()
+    # resume from an earlier checkpoint while later ones exist: the new checkpoints must survive rotation
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=1, save_total_limit=2),
+                              train_datasets=train)
+    trainer.args.max_steps = 3
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    latest = (tmp_path / "latest").read_text()
+    assert latest == "checkpoint-3" and (tmp_path / latest).is_dir()
+
+
+def test_an_empty_latest_file_is_named(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    (tmp_path / "latest").write_text("")
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=4), train_datasets=train)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'latest'} names nothing .the file is empty"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_resuming_with_a_changed_learning_rate_warns_and_names_it(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=3, delta_lr=0.5), train_datasets=train)
+    with pytest.warns(UserWarning, match=r"delta_lr: 0\.05 → 0\.5.*max_steps: 2 → 3"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_pmf_checkpoints_resume_without_pickle(tmp_path, domains):
+    train, _ = domains
+    SmatMetaTrainer(make_tiny_model("vit", seed=0), arguments(tmp_path, max_steps=2, save_steps=2, dense_lr=1e-3),
+                    train_datasets=train).train()
+    assert not list(tmp_path.rglob("*.pt")) and (tmp_path / "checkpoint-2" / "adapter" / "model_state.json").exists()
+    model = make_tiny_model("vit", seed=1)
+    trainer = SmatMetaTrainer(model, arguments(tmp_path, max_steps=2, dense_lr=1e-3), train_datasets=train)
+    trainer._load_checkpoint(True)
+    assert trainer.global_step == 2
+
+
+KILLED_RUN_SCRIPT = r"""
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+from safetensors.torch import save_file
+from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model
+from tiny_data import synthetic_domain
+from tiny_models import make_tiny_model
+out, kill_at = sys.argv[1], int(sys.argv[2])
+calls, replace = [0], os.replace
+
+def dying_replace(src, dst, *args, **kwargs):  # kill -9 at the kill_at-th file move (0: never)
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst, *args, **kwargs)
+
+os.replace = dying_replace
+model = get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=4, sparsity=0.9))
+args = MetaTrainingArguments(output_dir=out, max_steps=3, tasks_per_update=1, ways=5, shots=2, queries=3,
+    image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3, eval_steps=0,
+    save_steps=1, logging_steps=1, disable_tqdm=True, augment=False)
+trainer = SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(40, 8, seed=0)}})
+try:  # what a user does after a crash: resume the latest checkpoint, or start anew if none was completed
+    trainer.train(resume_from_checkpoint="latest")
+except FileNotFoundError:
+    trainer.train()
+state = {{k: v.contiguous() for k, v in model.state_dict().items() if "smat_" in k}}
+save_file(state, os.path.join(out, "final.safetensors"))
+print("moves", calls[0])
+"""
+
+
+def _run_killable(script, out, kill_at):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(script), str(out), str(kill_at)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def _kill_and_rerun(tmp_path, kill_points):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "train.py"
+    script.write_text(KILLED_RUN_SCRIPT.format(tests=TESTS_DIR))
+    (tmp_path / "reference").mkdir()
+    done = _run_killable(script, tmp_path / "reference", 0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    moves = int(done.stdout.split("moves")[-1])
+    reference = load_file(tmp_path / "reference" / "final.safetensors")
+    for kill_at in kill_points(moves):
+        out = tmp_path / f"killed-at-{kill_at}"
+        out.mkdir()
+        killed = _run_killable(script, out, kill_at)
+        assert killed.returncode == -9, (kill_at, killed.stderr[-3000:])
+        rerun = _run_killable(script, out, 0)  # resumes the last complete checkpoint
+        assert rerun.returncode == 0, (kill_at, rerun.stderr[-3000:])
+        final = load_file(out / "final.safetensors")
+        assert all(torch.equal(reference[k], final[k]) for k in reference), f"kill at move {kill_at}"
+        assert not [n for n in os.listdir(out) if ".tmp" in n], f"temporaries left after kill at move {kill_at}"
+
+
+def test_kill_9_during_checkpoint_saves_then_resume_is_bit_identical(tmp_path):
+    # two instants of the second checkpoint's save: inside its adapter's save, and just before `latest` is written
+    _kill_and_rerun(tmp_path, lambda moves: [moves // 3 + 2, 2 * moves // 3])
+
+
+@pytest.mark.slow
+def test_kill_9_at_every_file_move_of_a_training_run_then_resume_is_bit_identical(tmp_path):
+    _kill_and_rerun(tmp_path, lambda moves: range(1, moves + 1))

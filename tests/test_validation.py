@@ -125,3 +125,37 @@ def test_adapter_saved_without_a_test_temperature_warns_and_takes_the_default(tm
         config = SmatConfig.check_kwargs(**data)
     assert "router_test_temperature" not in config
     assert SmatConfig(**{k: v for k, v in data.items() if k != "peft_type"}).router_test_temperature == 0.5
+
+
+# ---- issue 14, item 6: clear errors instead of allocation failures and bare TypeErrors ----------------------------
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_experts": True}, r"`num_experts` must be a positive int, got True"),
+        ({"num_experts": 10**6}, r"`num_experts` must be at most 1024, got 1000000"),
+        ({"sparsity": "0.9"}, r"`sparsity` must be a number in \[0, 1\), got '0.9' \(str\)"),
+    ],
+)
+def test_config_type_errors_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SmatConfig(**kwargs)
+
+
+def test_a_float_number_of_classes_names_the_argument(model):
+    with pytest.raises(ValueError, match=r"`num_classes` must be an int .* got 5.0"):
+        with model.task(random_pixels(10), torch.arange(5).repeat(2), num_classes=5.0):
+            pass
+
+
+def test_a_3d_support_tensor_is_a_shape_error(model):
+    with pytest.raises(ValueError, match=r"must have shape \[N, C, H, W\], got shape \(3, 32, 32\).*unsqueeze\(0\)"):
+        with model.task(random_pixels(1)[0], torch.tensor([0])):
+            pass
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_learning_rates_must_be_finite_and_non_negative(value):
+    from smat_peft import MetaTrainingArguments
+
+    with pytest.raises(ValueError, match="`lagrangian_lr` must be a finite learning rate"):
+        MetaTrainingArguments(lagrangian_lr=value)

@@ -306,6 +306,7 @@ def training_arguments(args: DemoArguments, output_dir: str, training_seed: Opti
     values = dict(
         output_dir=output_dir, seed=args.training_seeds[0] if training_seed is None else training_seed,
         split_seed=args.seed, image_size=args.image_size, ways=5, shots=5,
+        overwrite_output_dir=True,  # a demo run starts anew: its earlier run's checkpoints are replaced
         queries=5, augment=False, max_steps=args.steps, tasks_per_update=args.tasks_per_update,
         warmup_steps=max(1, args.steps // 10), lr_schedule="constant", eval_steps=args.eval_steps,
         eval_episodes=args.eval_episodes, load_best_model_at_end=True, save_steps=0, save_total_limit=1,

@@ -19,7 +19,9 @@ Defaults follow the paper's ViT-S setting (see `docs/training.md`); where the re
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 @dataclass
@@ -36,7 +38,20 @@ class MetaTrainingArguments:
     """
 
     output_dir: str = field(default="smat-output", metadata={"help": "Where checkpoints, the best adapter and metrics.json go."})
-    seed: int = field(default=0, metadata={"help": "Seed of the episode stream, class splits and model noise."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start anew in an `output_dir` that holds a previous run: its checkpoints, `latest` and "
+                  "`best` are deleted first. Without it (and without `resume_from_checkpoint`) such a run is refused."},
+    )
+    resume_from_checkpoint: Optional[str] = field(
+        default=None,
+        metadata={"help": "Resume from this checkpoint directory, or 'latest' for the one `output_dir/latest` names."},
+    )
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the episode stream, class splits and model noise; `smat-peft meta-train` also seeds "
+                  "the adapter's initialisation with it."},
+    )
 
     # ---- episodes
     image_column: str = field(default="image", metadata={"help": "Image column of the datasets."})
@@ -166,6 +181,11 @@ class MetaTrainingArguments:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+        for name in ("delta_lr", "mask_lr", "lagrangian_lr", "router_lr", "dense_lr"):
+            value = getattr(self, name, None)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise ValueError(f"`{name}` must be a finite learning rate >= 0, got {value!r}.")
         unknown = set(self.eval_modes) - {"direct", "full", "lora"}
         if unknown:
             raise ValueError(f"Unknown `eval_modes` {sorted(unknown)}; choose from 'direct', 'full', 'lora'.")

@@ -24,10 +24,13 @@ checkpoint, or split over processes, sees exactly the same episodes and noise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
+import warnings
 from typing import Any, Mapping, Optional, Union
 
 import torch
@@ -38,17 +41,38 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from ..diagnostics import mask_saturation
+from ..integrity import (
+    JOURNAL_NAME,
+    check_adapter_dir,
+    commit_directory,
+    discard_staging,
+    process_alive,
+    recover_directory,
+    remove_stale_temporaries,
+    staging_directory,
+)
 from ..model import SmatModel
 from .arguments import MetaTrainingArguments
 from .episodes import EpisodeSampler
 from .evaluation import evaluate_episodes, summarize
 from .constraint import SparsityConstraint
 from .objective import protonet_task_loss, smat_task_loss
+from .serialization import load_state, save_state
 
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
-STATE_NAME = "training_state.pt"
+STATE_STEM = "training_state"  # training_state.safetensors (tensors) + training_state.json (the rest, checksums)
+LEGACY_STATE_NAME = "training_state.pt"  # written by smat-peft < 0.2; read with torch.load(weights_only=True)
+DENSE_STEM = "model_state"  # a dense (PMF) model's weights, in the same pickle-free format
 LATEST_NAME = "latest"
+# Arguments that may change between a run and its resumption without changing what is trained.
+_RESUME_NEUTRAL = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "save_steps", "save_total_limit",
+    "eval_steps", "eval_episodes", "test_episodes", "eval_modes", "report_to", "disable_tqdm",
+    "dataloader_num_workers", "load_best_model_at_end", "use_cpu",
+})
 
 
 class SmatMetaTrainer:
@@ -252,18 +276,26 @@ class SmatMetaTrainer:
         return task_logs
 
     def train(self, resume_from_checkpoint: Union[str, bool, None] = None) -> dict[str, Any]:
-        """Meta-train for `max_steps` updates; resume from a checkpoint directory, or `True` for the latest one.
+        """Meta-train for `max_steps` updates; resume from a checkpoint directory, or `True` / `"latest"` for the
+        latest one (default: `args.resume_from_checkpoint`).
 
-        Returns the final training metrics; `output_dir/metrics.json` holds the whole history.
+        Without a checkpoint to resume, an `output_dir` that holds a previous run is refused unless
+        `args.overwrite_output_dir` (then its checkpoints are deleted first). Returns the final training metrics;
+        `output_dir/metrics.json` holds the whole history.
         """
         args = self.args
         if self.train_sampler is None:
             raise ValueError("No `train_datasets` were given to the trainer.")
         self._build_optimizers()
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = args.resume_from_checkpoint
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
+        else:
+            self._prepare_output_dir()
         if self.accelerator.is_main_process:
             os.makedirs(args.output_dir, exist_ok=True)
+            self._remove_stale_temporaries()
         if args.report_to:
             self.accelerator.init_trackers("smat-peft", config={k: str(v) for k, v in vars(args).items()})
         self.model.train()
@@ -380,46 +412,102 @@ class SmatMetaTrainer:
     # ------------------------------------------------------------------------------------------------------------
     # checkpoints
     def _save_adapter(self, directory: str) -> None:
-        tmp = f"{directory}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        """Save the adapter (SMAT) or the whole model (PMF) to `directory`; crash-safe, no pickle."""
         if self.is_smat:
-            self.model.save_pretrained(tmp)
-        else:
-            os.makedirs(tmp)
-            torch.save(self.model.state_dict(), os.path.join(tmp, "model_state.pt"))
-        _replace_directory(tmp, directory)
+            self.model.save_pretrained(directory)  # atomic and checksummed (smat_peft.integrity)
+            return
+        staging = staging_directory(directory)
+        try:
+            save_state(self.model.state_dict(), staging, DENSE_STEM)
+            commit_directory(staging, directory)
+        finally:
+            discard_staging(staging, directory)
 
     def _load_weights(self, directory: str) -> None:
-        """Load what `_save_adapter` wrote into the model being trained."""
+        """Load what `_save_adapter` wrote into the model being trained, after checking its checksums."""
         if self.is_smat:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
+            check_adapter_dir(directory)  # checksum, truncation, format: a damaged adapter never resumes silently
             weights = load_file(os.path.join(directory, "adapter_model.safetensors"))
             result = set_peft_model_state_dict(self.model, weights, adapter_name=self.adapter_name)
             if getattr(result, "unexpected_keys", None):
                 raise ValueError(f"unexpected keys {result.unexpected_keys[:5]}")
         else:
-            state = torch.load(os.path.join(directory, "model_state.pt"), map_location=self.accelerator.device)
-            self.model.load_state_dict(state)
+            recover_directory(directory)
+            self.model.load_state_dict(load_state(directory, DENSE_STEM, map_location=str(self.accelerator.device)))
+
+    def _checkpoints(self, complete: bool = True) -> list[str]:
+        """Names of the checkpoint directories in `output_dir`: those that hold a training state, or a commit
+        journal that loading finishes (`complete=False`: also the empty ones a killed save left)."""
+        if not os.path.isdir(self.args.output_dir):
+            return []
+        names = [n for n in os.listdir(self.args.output_dir)
+                 if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit()
+                 and os.path.isdir(os.path.join(self.args.output_dir, n))]
+        if not complete:
+            return names
+        marks = (f"{STATE_STEM}.json", LEGACY_STATE_NAME, JOURNAL_NAME)
+        return [n for n in names if any(os.path.isfile(os.path.join(self.args.output_dir, n, m)) for m in marks)]
+
+    def _prepare_output_dir(self) -> None:
+        """Refuse to start over a previous run in `output_dir` unless `overwrite_output_dir` (then delete its
+        checkpoints, `latest` and `best`): a re-run must never silently restart, nor mix its checkpoints with
+        another run's."""
+        args = self.args
+        previous = sorted(self._checkpoints(), key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))
+        latest = os.path.join(args.output_dir, LATEST_NAME)
+        if not previous and not os.path.exists(latest):
+            return
+        if not args.overwrite_output_dir:
+            raise ValueError(
+                f"Output directory {args.output_dir} holds a previous run ({', '.join(previous) or 'no checkpoint'}"
+                f"{', latest' if os.path.exists(latest) else ''}). Resume it with `--resume_from_checkpoint latest` "
+                "(`trainer.train(resume_from_checkpoint=True)`), start anew with `--overwrite_output_dir` (deletes "
+                "its checkpoints), or choose another `--output_dir`."
+            )
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            for name in previous + ["best"]:
+                shutil.rmtree(os.path.join(args.output_dir, name), ignore_errors=True)
+            if os.path.exists(latest):
+                os.remove(latest)
+        self.accelerator.wait_for_everyone()
 
     def _latest_checkpoint(self) -> Optional[str]:
         path = os.path.join(self.args.output_dir, LATEST_NAME)
         if not os.path.exists(path):
-            return None
+            # a kill between committing a checkpoint and writing `latest`: the highest-numbered checkpoint is the last
+            names = sorted(self._checkpoints(), key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))
+            return os.path.join(self.args.output_dir, names[-1]) if names else None
         with open(path) as f:
-            return os.path.join(self.args.output_dir, f.read().strip())
+            name = f.read().strip()
+        if not name or os.sep in name or "/" in name or not os.path.isdir(os.path.join(self.args.output_dir, name)):
+            raise FileNotFoundError(
+                f"{path} names {repr(name) if name else 'nothing (the file is empty)'}, which is not a checkpoint "
+                f"directory in {self.args.output_dir}. Pass a checkpoint explicitly (`--resume_from_checkpoint "
+                f"{os.path.join(self.args.output_dir, 'checkpoint-N')}`), or write its name into {path}."
+            )
+        return os.path.join(self.args.output_dir, name)
+
+    def _arguments_record(self) -> dict[str, Any]:
+        record = {}
+        for key, value in dataclasses.asdict(self.args).items():
+            if isinstance(value, (list, tuple)):
+                value = list(value)
+            if value is None or isinstance(value, (bool, int, float, str, list)):
+                record[key] = value
+        return record
 
     def save_checkpoint(self) -> Optional[str]:
-        """Save the adapter and the full training state atomically; update `output_dir/latest`."""
+        """Save the adapter and the full training state (no pickle: safetensors + JSON with checksums) into
+        `output_dir/checkpoint-N` in one crash-safe step; then update `output_dir/latest` and rotate."""
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
         name = f"{CHECKPOINT_PREFIX}{self.global_step}"
         final = os.path.join(self.args.output_dir, name)
-        tmp = f"{final}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self._save_adapter(os.path.join(tmp, "adapter"))
         state = {
             "global_step": self.global_step,
             "best_metric": self.best_metric,
@@ -430,31 +518,84 @@ class SmatMetaTrainer:
             "rng": {"torch": torch.get_rng_state()},
             "world_size": self.accelerator.num_processes,
             "tasks_per_update": self.args.tasks_per_update,
+            "arguments": self._arguments_record(),
         }
-        torch.save(state, os.path.join(tmp, STATE_NAME))
-        _replace_directory(tmp, final)
+        staging = staging_directory(final)
+        try:
+            self._save_adapter(os.path.join(staging, "adapter"))
+            save_state(state, staging, STATE_STEM)
+            commit_directory(staging, final)
+        finally:
+            discard_staging(staging, final)
         _atomic_write_text(os.path.join(self.args.output_dir, LATEST_NAME), name)
-        self._rotate_checkpoints()
+        self._rotate_checkpoints(keep=name)
+        self._remove_stale_temporaries()
         return final
 
-    def _rotate_checkpoints(self) -> None:
+    def _remove_stale_temporaries(self) -> None:
+        """Delete `latest.tmp-<pid>`, `metrics.json.tmp-<pid>` (and older versions' `checkpoint-N.tmp-<pid>` /
+        `.old-<pid>`) and the staging directories of checkpoint saves that killed processes left in `output_dir`."""
+        for name in os.listdir(self.args.output_dir):
+            if name.startswith(f".{CHECKPOINT_PREFIX}") and ".tmp-" in name:  # staging of a killed checkpoint save
+                remove_stale_temporaries(os.path.join(self.args.output_dir, name[1:].partition(".tmp-")[0]))
+                continue
+            stem, sep, pid = name.rpartition(".tmp-") if ".tmp-" in name else name.rpartition(".old-")
+            if not sep or not pid.isdigit() or process_alive(int(pid)):
+                continue
+            if stem in (LATEST_NAME, "metrics.json") or stem.startswith(CHECKPOINT_PREFIX):
+                path = os.path.join(self.args.output_dir, name)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        for name in set(self._checkpoints(complete=False)) - set(self._checkpoints()):  # a save killed before commit
+            shutil.rmtree(os.path.join(self.args.output_dir, name), ignore_errors=True)
+
+    def _rotate_checkpoints(self, keep: str) -> None:
+        """Keep the `save_total_limit` most recently written checkpoints; never `keep` (the one just saved)."""
         if self.args.save_total_limit < 1:
             return
-        names = [n for n in os.listdir(self.args.output_dir) if n.startswith(CHECKPOINT_PREFIX) and ".tmp" not in n]
-        names.sort(key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))
-        for name in names[: -self.args.save_total_limit]:
+        names = [n for n in self._checkpoints() if n != keep]
+        output_dir = self.args.output_dir
+        names.sort(key=lambda n: (os.path.getmtime(os.path.join(output_dir, n)), int(n[len(CHECKPOINT_PREFIX):])))
+        for name in names[: max(0, len(names) - (self.args.save_total_limit - 1))]:
             shutil.rmtree(os.path.join(self.args.output_dir, name), ignore_errors=True)
+
+    def _read_state(self, checkpoint: str) -> dict[str, Any]:
+        if os.path.isfile(os.path.join(checkpoint, LEGACY_STATE_NAME)) and not os.path.isfile(
+            os.path.join(checkpoint, f"{STATE_STEM}.json")
+        ):  # an older checkpoint: torch's restricted unpickler runs no code from the file
+            return torch.load(os.path.join(checkpoint, LEGACY_STATE_NAME), map_location="cpu", weights_only=True)
+        return load_state(checkpoint, STATE_STEM)
+
+    def _warn_changed_arguments(self, checkpoint: str, recorded: Optional[Mapping[str, Any]]) -> None:
+        if not recorded:
+            return
+        current = self._arguments_record()
+        changed = [f"{k}: {recorded[k]!r} → {current[k]!r}" for k in sorted(set(recorded) & set(current))
+                   if k not in _RESUME_NEUTRAL and recorded[k] != current[k]]
+        if changed:
+            message = (
+                f"Resuming from {checkpoint} with arguments that differ from the run that wrote it: "
+                f"{'; '.join(changed)}. "
+                "The optimizers and learning-rate schedules continue from the checkpoint (its learning rates and "
+                "schedule); other changes apply from now on. To train with the new values from the start, use "
+                "`--overwrite_output_dir` or another `--output_dir`."
+            )
+            logger.warning(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     def _load_checkpoint(self, checkpoint: Union[str, bool]) -> None:
         self._build_optimizers()
         if checkpoint is True or checkpoint == "latest":
             checkpoint = self._latest_checkpoint()
             if checkpoint is None:
-                raise FileNotFoundError(f"No checkpoint to resume from in {self.args.output_dir!r} (no 'latest' file).")
-        state_path = os.path.join(checkpoint, STATE_NAME)
+                raise FileNotFoundError(
+                    f"No checkpoint to resume from in {self.args.output_dir} (no '{LATEST_NAME}' file). Start without "
+                    "`resume_from_checkpoint`, or pass a checkpoint directory."
+                )
+        checkpoint = os.fspath(checkpoint)
         adapter_dir = os.path.join(checkpoint, "adapter")
         try:
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
+            recover_directory(checkpoint)
+            state = self._read_state(checkpoint)
             self._load_weights(adapter_dir)
         except Exception as error:  # report, never silently start over
             raise RuntimeError(
@@ -468,6 +609,7 @@ class SmatMetaTrainer:
                 f"Checkpoint {checkpoint!r} was made with {state['world_size']} process(es) × "
                 f"{state['tasks_per_update']} tasks per update; resume with the same number of tasks per update."
             )
+        self._warn_changed_arguments(checkpoint, state.get("arguments"))
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scheduler in self.schedulers.items():
@@ -487,14 +629,3 @@ def _atomic_write_text(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _replace_directory(tmp: str, final: str) -> None:
-    """Move a fully written directory into place; an existing one is swapped out, then removed."""
-    old = None
-    if os.path.exists(final):
-        old = f"{final}.old-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
