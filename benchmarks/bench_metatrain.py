@@ -59,19 +59,24 @@ def trainer(method: str, output_dir: str, image_size: int = 56, **overrides) -> 
     return SmatMetaTrainer(model, MetaTrainingArguments(**values), train_datasets=domains(image_size))
 
 
+def interleaved_step_times(trainers: dict[str, SmatMetaTrainer], repeats: int) -> dict[str, float]:
+    """Median per-task training step of each trainer on the same episodes, interleaved (first round: warm-up)."""
+    sampler = next(iter(trainers.values())).train_sampler
+    episodes = [sampler.episode(i) for i in range(repeats + 1)]
+    times: dict[str, list[float]] = {m: [] for m in trainers}
+    for i, episode in enumerate(episodes):
+        for method, t in trainers.items():
+            t.model.train()
+            logs = t.training_step([episode])
+            if i:
+                times[method].append(logs[0]["step_time_s"])
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
 def step_times(repeats: int, image_size: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {m: trainer(m, os.path.join(tmp, m), image_size) for m in ("pmf", "smat", "smat_no_teacher")}
-        sampler = trainers["pmf"].train_sampler
-        episodes = [sampler.episode(i) for i in range(repeats + 1)]
-        times: dict[str, list[float]] = {m: [] for m in trainers}
-        for i, episode in enumerate(episodes):  # interleaved, first round is warm-up
-            for method, t in trainers.items():
-                t.model.train()
-                logs = t.training_step([episode])
-                if i:
-                    times[method].append(logs[0]["step_time_s"])
-    return {m: statistics.median(v) for m, v in times.items()}
+        return interleaved_step_times(trainers, repeats)
 
 
 def data_share(updates: int) -> dict[str, float]:
@@ -96,16 +101,7 @@ def demo_step_times(repeats: int) -> dict[str, float]:
             model = build_model(method, frozen_prefix_backbone, args, args.sparsity)
             values = training_arguments(args, os.path.join(tmp, method), tasks_per_update=1, eval_steps=0)
             trainers[method] = SmatMetaTrainer(model, values, train_datasets=train, sampler_class=sampler_class)
-        sampler = trainers["pmf"].train_sampler
-        episodes = [sampler.episode(i) for i in range(repeats + 1)]
-        times: dict[str, list[float]] = {m: [] for m in trainers}
-        for i, episode in enumerate(episodes):  # interleaved, first round is warm-up
-            for method, t in trainers.items():
-                t.model.train()
-                logs = t.training_step([episode])
-                if i:
-                    times[method].append(logs[0]["step_time_s"])
-    medians = {m: statistics.median(v) for m, v in times.items()}
+        medians = interleaved_step_times(trainers, repeats)
     return {"pmf_task_s": medians["pmf"], "smat_task_s": medians["smat"],
             "smat_over_pmf": medians["smat"] / medians["pmf"], "repeats": repeats}
 

@@ -95,13 +95,7 @@ def read_adapter_config(path: str) -> dict[str, Any]:
             f"{path} does not exist: a saved SMAT adapter is a directory holding {CONFIG_NAME} and its weights. "
             "Point to that directory (or save the adapter with `model.save_pretrained(directory)`)."
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            attributes = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AdapterIntegrityError(f"{path} is not valid JSON ({error}): the file is corrupted. {_REFETCH}.") from None
-    if not isinstance(attributes, dict):
-        raise AdapterIntegrityError(f"{path} must hold a JSON object, got {type(attributes).__name__}. {_REFETCH}.")
+    attributes = _read_json_object(path)
     if attributes.get("peft_type") != "SMAT":
         raise AdapterIntegrityError(
             f"{path} describes a {attributes.get('peft_type')!r} adapter, not a SMAT adapter; load it with peft's own "
