@@ -45,7 +45,9 @@ def main() -> None:
             same = torch.allclose(loaded(pixel_values=queries).logits, logits, atol=1e-6)
     print("reloaded adapter reproduces the outputs:", same)
     report = model.sparsity_report()
-    print("measured sparsity per expert:", [round(e["measured_sparsity"], 3) for e in report["per_expert"]])
+    print("eval-mask sparsity per expert:", [round(e["eval_mask_sparsity"], 3) for e in report["per_expert"]])
+    print("training-mask expected density per expert:",
+          [round(e["train_mask_expected_density"], 3) for e in report["per_expert"]])
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ def test_gradient_checkpointing(support):
     assert layer.smat_delta["default"][0].grad.abs().sum() > 0
 
 
-def test_sparsity_report_and_expert_sparsity():
+def test_sparsity_report_names_eval_and_training_mask_sparsity():
     model = smat(num_experts=3)
     layers = [layer for _, layer in model.base_model.smat_layers()]
     with torch.no_grad():

@@ -106,6 +106,10 @@ QUICK = {
     "finetune_episodes": 1,
     "finetune_steps": 2,
     "diagnostic_episodes": 4,
+    "pmf_lr": [5e-5],
+    "smat_delta_lr": [0.05],
+    "dense_expert_delta_lr": [1e-3],
+    "random_mask_delta_lr": [1e-2],
 }
 
 
@@ -166,13 +170,13 @@ class DemoArguments:
         "help": "SMAT's router temperature at test time (saved with the adapter; the training schedule ends there)."})
     sparsity: float = field(default=0.9, metadata={"help": "SMAT sparsity target τ (and the random-mask control's)."})
     steps: int = field(default=40, metadata={"help": "Meta-updates of every trained method (one budget for all)."})
-    pmf_lr: list[float] = field(default_factory=lambda: [2e-5], metadata={
+    pmf_lr: list[float] = field(default_factory=lambda: [1e-5, 2e-5, 5e-5, 1e-4, 2e-4], metadata={
         "help": "AdamW learning rate(s) of PMF; several values (`1e-5,2e-5`) are searched on validation episodes."})
-    smat_delta_lr: list[float] = field(default_factory=lambda: [0.05], metadata={
+    smat_delta_lr: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2], metadata={
         "help": "SGD learning rate(s) of SMAT's δ; several values are searched on validation episodes."})
-    dense_expert_delta_lr: list[float] = field(default_factory=lambda: [1e-3], metadata={
+    dense_expert_delta_lr: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3], metadata={
         "help": "SGD learning rate(s) of the one-dense-expert control's δ (searched like SMAT's)."})
-    random_mask_delta_lr: list[float] = field(default_factory=lambda: [1e-2], metadata={
+    random_mask_delta_lr: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2], metadata={
         "help": "SGD learning rate(s) of the random-mask control's δ (searched like SMAT's)."})
     mask_lr: float = field(default=1e6, metadata={"help": "SGD learning rate of SMAT's mask logits (the method: 1e6)."})
     mask_grad_clip: float = field(default=5.0, metadata={"help": "Gradient-norm clip of the mask logits (method: 5)."})
