@@ -179,6 +179,17 @@ class SmatModel(BaseTuner):
         except Exception:
             self.smat_router.pop(adapter_name, None)
             raise
+        if config.lora_r is not None and config.lora_target_modules is not None and not any(
+            adapter_name in layer.smat_lora_A for _, layer in self.smat_layers()
+        ):
+            patterns = config.lora_target_modules
+            patterns = patterns if isinstance(patterns, str) else sorted(patterns)
+            warnings.warn(
+                f"`lora_target_modules`={patterns!r} matched none of the SMAT adapter '{adapter_name}''s linear layers, so it has no LoRA factors. Name "
+                "some of its linear targets (module names or suffixes, e.g. ['q_proj', 'v_proj']), or drop `lora_r`.",
+                UserWarning,
+                stacklevel=2,
+            )
         fingerprint = self._target_fingerprint(adapter_name)
         if config.target_fingerprint is not None and config.target_fingerprint != fingerprint:
             raise ValueError(
@@ -462,6 +473,24 @@ class SmatModel(BaseTuner):
             raise RuntimeError(
                 "The SMAT adapter is merged into the base weights; call `model.unmerge_adapter()` before "
                 "conditioning on a new task."
+            )
+        adapted = {name for _, layer in self.smat_layers() for name in layer.smat_delta}
+        missing = [name for name in self.active_adapters if name not in adapted]
+        if missing:
+            raise RuntimeError(
+                f"The SMAT adapter(s) {missing} adapt no layer of this model any more (after `merge_and_unload()` or "
+                "`unload()` the SMAT layers are gone), so a task would compute α and condition nothing. Use the "
+                "model returned by `merge_task(...)` for a task's merged weights, or load the adapter again."
+            )
+        if self.training and not torch.is_grad_enabled() and any(
+            p.requires_grad for _, layer in self.smat_layers() for p in layer.parameters()
+        ):
+            warnings.warn(
+                "`model.task(...)` entered under `torch.no_grad()` while the model is in training mode: the task "
+                "weights are built without a graph, so losses computed in this task give δ, the masks and the router "
+                "no gradient. Enter the task outside `torch.no_grad()` to train, or call `model.eval()` for inference.",
+                UserWarning,
+                stacklevel=3,
             )
         for name in self.active_adapters:
             self._router(name)  # an adapter without a router (or its weights) fails before the support forward

@@ -402,3 +402,12 @@ def test_kill_9_during_checkpoint_saves_then_resume_is_bit_identical(tmp_path):
 @pytest.mark.slow
 def test_kill_9_at_every_file_move_of_a_training_run_then_resume_is_bit_identical(tmp_path):
     _kill_and_rerun(tmp_path, lambda moves: range(1, moves + 1))
+
+
+def test_a_diverging_loss_stops_training_with_a_clear_error(tmp_path, domains):
+    train, _ = domains
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=6, lagrangian_lr=1e30), train_datasets=train)
+    # λ grows by ~1e29 in one update; the next update's mask gradients overflow (the loss itself stays small: the
+    # Lagrangian and the penalty cancel in value), and clipping an infinite norm would silently zero them
+    with pytest.raises(FloatingPointError, match="'mask' parameters is inf.*diverging"):
+        trainer.train()

@@ -159,3 +159,31 @@ def test_learning_rates_must_be_finite_and_non_negative(value):
 
     with pytest.raises(ValueError, match="`lagrangian_lr` must be a finite learning rate"):
         MetaTrainingArguments(lagrangian_lr=value)
+
+
+# ---- issue 14, item 6: the rest ----------------------------------------------------------------------------------
+def test_lora_target_modules_matching_nothing_warns():
+    with pytest.warns(UserWarning, match="lora_target_modules.*matched none"):
+        get_smat_model(make_tiny_model("vit"), SmatConfig(num_experts=2, lora_r=2, lora_target_modules=["no_such"]))
+
+
+def test_a_task_after_merge_and_unload_is_an_error_not_a_silent_no_op():
+    model = get_smat_model(make_tiny_model("vit"), SmatConfig(num_experts=2, outside_task="uniform"))
+    model.merge_and_unload()
+    with pytest.raises(RuntimeError, match="adapt no layer.*merge_and_unload"):
+        with model.base_model.task(random_pixels(10), torch.arange(5).repeat(2)):
+            pass
+
+
+def test_a_training_task_under_no_grad_warns():
+    model = get_smat_model(make_tiny_model("vit"), SmatConfig(num_experts=2)).train()
+    with pytest.warns(UserWarning, match="no_grad.*no gradient"):
+        with torch.no_grad(), model.task(random_pixels(10), torch.arange(5).repeat(2)):
+            pass
+    model.eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad(), model.task(random_pixels(10), torch.arange(5).repeat(2)):
+            pass  # inference: no warning

@@ -63,6 +63,8 @@ from .serialization import load_state, save_state
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
+# A task's loss is a cross-entropy, a distillation term and the constraint (λ · a fraction); beyond this it diverges.
+LOSS_LIMIT = 1e6
 STATE_STEM = "training_state"  # training_state.safetensors (tensors) + training_state.json (the rest, checksums)
 LEGACY_STATE_NAME = "training_state.pt"  # written by smat-peft < 0.2; read with torch.load(weights_only=True)
 DENSE_STEM = "model_state"  # a dense (PMF) model's weights, in the same pickle-free format
@@ -250,10 +252,10 @@ class SmatMetaTrainer:
             torch.manual_seed(self.args.seed * 1_000_003 + episode.index)
             start = time.perf_counter()
             out = self._task_loss(episode)
-            if not torch.isfinite(out.loss):
+            if not torch.isfinite(out.loss) or abs(out.loss.item()) > LOSS_LIMIT:
                 raise FloatingPointError(
-                    f"Non-finite loss {out.loss.item()} at update {update} (episode {episode.index}, domain "
-                    f"{episode.domain!r}); no step was taken. The last good checkpoint is "
+                    f"Non-finite or diverging loss {out.loss.item()} (|loss| > {LOSS_LIMIT:g}) at update {update} "
+                    f"(episode {episode.index}, domain {episode.domain!r}); no step was taken. The last good checkpoint is "
                     f"{self._latest_checkpoint() or 'none (no checkpoint saved yet)'}. Lower the learning rates "
                     "or use bf16 instead of fp16."
                 )
@@ -263,6 +265,13 @@ class SmatMetaTrainer:
         self._all_reduce_gradients()
         for name, (params, max_norm) in self.clip_groups.items():
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if not torch.isfinite(norm):  # clipping an infinite norm would zero the gradients silently
+                raise FloatingPointError(
+                    f"The gradient norm of the {name!r} parameters is {float(norm)} at update {update}: training is "
+                    "diverging (e.g. a multiplier λ grown huge by `lagrangian_lr`); no step was taken. The last good "
+                    f"checkpoint is {self._latest_checkpoint() or 'none (no checkpoint saved yet)'}. Lower the "
+                    "learning rates."
+                )
             for logs in task_logs:  # before clipping: does the clip bind?
                 logs[f"{name}_grad_norm"] = float(norm)
         for name, optimizer in self.optimizers.items():
