@@ -327,6 +327,9 @@ def test_an_interrupted_demo_resumes_and_redoes_only_what_is_missing_or_corrupt(
                                for d in ("glyphs", "mnist")} for s in benchmark.SETTINGS}}
 
     class FakeSmat:
+        def record_eval_results(self, results, meta_training=None):
+            self.recorded = results
+
         def sparsity_report(self):
             return {"target": 0.9, "per_expert": [{"expert": 0, "eval_mask_sparsity": 0.9,
                                                    "train_mask_expected_density": 0.1}]}
