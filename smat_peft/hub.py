@@ -489,10 +489,11 @@ def push_smat_folder_to_hub(
     sub-directory) with `smat_model_card(...)` as README.md. Nothing else is uploaded: no checkpoints, training state,
     logs, other `*.safetensors` / `*.bin` files, or symlinks leading out of the directory.
 
+    `repo_id`, `private`, `revision`, `subfolder`, `commit_message`, `commit_description`, `create_pr`, `tags`,
+    `eval_results`, `meta_training` and `token` are as in [`push_smat_to_hub`].
+
     Args:
         adapter_dir (`str`): What `model.save_pretrained` or `smat_peft.export_compact` wrote.
-        repo_id, private, revision, subfolder, commit_message, commit_description, create_pr, tags, eval_results,
-            meta_training, token: As in [`push_smat_to_hub`].
         base_model (`str`, *optional*): Base model named in the card; defaults to the config's
             `base_model_name_or_path`.
         include (`Sequence[str]`): Extra files to upload, as paths or glob patterns relative to `adapter_dir`

@@ -411,3 +411,23 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(tmp_path, domains):
     # Lagrangian and the penalty cancel in value), and clipping an infinite norm would silently zero them
     with pytest.raises(FloatingPointError, match="'mask' parameters is inf.*diverging"):
         trainer.train()
+
+
+def test_test_temperature_is_the_configs_whatever_checkpoint_early_stopping_kept(tmp_path, domains):
+    """The router's eval weights use SmatConfig.router_test_temperature, not the training buffer of the kept
+    checkpoint (which early stopping may take from mid-schedule)."""
+    train, _ = domains
+    model = smat_model()
+    trainer = SmatMetaTrainer(model, arguments(tmp_path, max_steps=4, eval_steps=1, load_best_model_at_end=True,
+                                               router_temperature_decay=0.5), train_datasets=train)
+    trainer.train()
+    smat = model.base_model
+    router = smat.smat_router["default"]
+    assert router.temperature.item() > 0.5  # the kept checkpoint's (or the schedule's) training temperature
+    model.eval()
+    prototypes = torch.randn(5, router.feature_dim)
+    out = smat.route(prototypes)
+    expected = torch.sigmoid(out.logits / smat.peft_config["default"].router_test_temperature)
+    assert torch.allclose(out.weights, expected / expected.sum(), atol=1e-6)
+    saved = json.loads((tmp_path / "best" / "adapter_config.json").read_text())
+    assert saved["router_test_temperature"] == 0.5
