@@ -431,3 +431,61 @@ def test_test_temperature_is_the_configs_whatever_checkpoint_early_stopping_kept
     assert torch.allclose(out.weights, expected / expected.sum(), atol=1e-6)
     saved = json.loads((tmp_path / "best" / "adapter_config.json").read_text())
     assert saved["router_test_temperature"] == 0.5
+
+
+# ---- mixed precision: the fp16 loss scaler ---------------------------------------------------------------------
+def _one_update(tmp_path, domains, scaler=None):
+    train, _ = domains
+    torch.manual_seed(0)
+    model = smat_model()
+    trainer = SmatMetaTrainer(model, arguments(tmp_path, max_steps=1), train_datasets=train)
+    trainer.accelerator.scaler = scaler  # what Accelerate makes for mixed_precision="fp16" on a GPU
+    before = adapter_state(model)
+    model.train()
+    logs = trainer.training_step([trainer.train_sampler.episode(0), trainer.train_sampler.episode(1)])
+    return trainer, before, adapter_state(model), logs
+
+
+def test_fp16_loss_scaling_gives_the_fp32_update(tmp_path, domains):
+    _, before, plain, _ = _one_update(tmp_path / "a", domains)
+    trainer, _, scaled, logs = _one_update(tmp_path / "b", domains, torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    for name in before:
+        if "smat_delta" in name or "smat_log_alpha" in name:
+            assert torch.allclose(scaled[name], plain[name], rtol=1e-3, atol=1e-6), name
+    assert any(not torch.equal(before[n], scaled[n]) for n in before if "smat_delta" in n)
+    assert logs[0]["step_skipped"] is False and logs[0]["loss_scale"] == 2.0**16
+    assert logs[0]["mask_grad_norm"] < 1e3  # clipped and logged after unscaling, not 65,536× too large
+
+
+def test_fp16_step_is_skipped_on_inf_and_the_scale_lowered(tmp_path, domains):
+    trainer, before, after, logs = _one_update(tmp_path, domains, torch.amp.GradScaler("cpu", init_scale=2.0**127))
+    assert logs[0]["step_skipped"] is True and logs[0]["loss_scale"] < 2.0**127
+    for name in before:  # every optimizer skipped: no parameter moved (buffers of the update's start may)
+        if not name.endswith(("._u", "._v", ".temperature")):
+            assert torch.equal(before[name], after[name]), name
+    assert trainer.schedulers["delta"].last_epoch == 0  # schedules do not advance on a skipped step
+
+
+def test_mixed_precision_defaults_to_the_launch_configuration(tmp_path, domains, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    train, _ = domains
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    try:
+        trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=1), train_datasets=train)
+        assert trainer.args.mixed_precision is None and trainer.accelerator.mixed_precision == "bf16"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_resumed_fp16_run_restores_its_loss_scale(tmp_path, domains):
+    train, _ = domains
+    first = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=1, save_steps=1), train_datasets=train)
+    first.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    first.train()
+    scale = first.accelerator.scaler.get_scale()
+    second = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=1), train_datasets=train)
+    second.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**3)
+    second.train(resume_from_checkpoint=True)
+    assert second.accelerator.scaler.get_scale() == scale == 2.0**10

@@ -160,7 +160,12 @@ class MetaTrainingArguments:
         default_factory=list, metadata={"help": "Accelerate trackers, e.g. tensorboard, wandb (none by default)."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even if an accelerator is available."})
-    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast)."})
+    mixed_precision: Optional[str] = field(
+        default=None,
+        metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast; fp16 with a loss scaler). Default: the launch "
+                  "configuration (`accelerate config`, `ACCELERATE_MIXED_PRECISION`), else 'no'. bf16 is recommended "
+                  "on GPUs that have it."},
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
     def __post_init__(self) -> None:
@@ -176,7 +181,7 @@ class MetaTrainingArguments:
             "distillation_direction": ("forward", "reverse"),
             "min_images_policy": ("skip", "error"),
             "lr_schedule": ("cosine", "constant"),
-            "mixed_precision": ("no", "bf16", "fp16"),
+            "mixed_precision": (None, "no", "bf16", "fp16"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -263,22 +263,42 @@ class SmatMetaTrainer:
             task_logs.append({"loss": out.loss.item(), "query_loss": out.query_loss, "accuracy": out.query_accuracy,
                               **out.metrics, "step_time_s": time.perf_counter() - start})
         self._all_reduce_gradients()
-        for name, (params, max_norm) in self.clip_groups.items():
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if not torch.isfinite(norm):  # clipping an infinite norm would zero the gradients silently
+        scaler = self.accelerator.scaler  # fp16: backward scaled the loss; unscale before clipping and logging
+        if scaler is not None:
+            for optimizer in self.optimizers.values():
+                scaler.unscale_(optimizer)
+        finite = True
+        for name, optimizer in self.optimizers.items():
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            max_norm = self.clip_groups[name][1] if name in self.clip_groups else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+            finite = finite and bool(torch.isfinite(norm))
+            if not torch.isfinite(norm) and scaler is None:  # clipping an infinite norm would zero the gradients
                 raise FloatingPointError(
                     f"The gradient norm of the {name!r} parameters is {float(norm)} at update {update}: training is "
                     "diverging (e.g. a multiplier λ grown huge by `lagrangian_lr`); no step was taken. The last good "
                     f"checkpoint is {self._latest_checkpoint() or 'none (no checkpoint saved yet)'}. Lower the "
                     "learning rates."
                 )
-            for logs in task_logs:  # before clipping: does the clip bind?
-                logs[f"{name}_grad_norm"] = float(norm)
+            if name in self.clip_groups:
+                for logs in task_logs:  # before clipping: does the clip bind?
+                    logs[f"{name}_grad_norm"] = float(norm)
+        if scaler is not None:
+            # all or nothing: an inf/NaN anywhere skips every optimizer's step and lowers the scale
+            if finite:
+                for optimizer in self.optimizers.values():
+                    scaler.step(optimizer)
+            scaler.update()
+            for logs in task_logs:
+                logs.update(loss_scale=float(scaler.get_scale()), step_skipped=not finite)
+        else:
+            for optimizer in self.optimizers.values():
+                optimizer.step()
         for name, optimizer in self.optimizers.items():
-            optimizer.step()
-            self.schedulers[name].step()
+            if finite:
+                self.schedulers[name].step()
             optimizer.zero_grad(set_to_none=True)
-        if self.is_smat:
+        if self.is_smat and finite:
             self.model.base_model.clip_mask_logits_()
             self.constraint.project_()
         self.global_step += 1
@@ -524,6 +544,8 @@ class SmatMetaTrainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "constraint": {k: v.detach().cpu() for k, v in self.constraint.state_dict().items()} if self.is_smat else None,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
             "rng": {"torch": torch.get_rng_state()},
             "world_size": self.accelerator.num_processes,
             "tasks_per_update": self.args.tasks_per_update,
@@ -619,6 +641,15 @@ class SmatMetaTrainer:
                 f"{state['tasks_per_update']} tasks per update; resume with the same number of tasks per update."
             )
         self._warn_changed_arguments(checkpoint, state.get("arguments"))
+        precision = state.get("mixed_precision", "no")
+        if precision != self.accelerator.mixed_precision:
+            raise ValueError(
+                f"Checkpoint {checkpoint!r} was trained with mixed_precision={precision!r}, this run uses "
+                f"{self.accelerator.mixed_precision!r}: resume with `--mixed_precision {precision}` (or your launch "
+                "configuration's equivalent), or start anew in another --output_dir."
+            )
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scheduler in self.schedulers.items():
