@@ -253,8 +253,9 @@ class SmatMetaTrainer:
             start = time.perf_counter()
             out = self._task_loss(episode)
             if not torch.isfinite(out.loss) or abs(out.loss.item()) > LOSS_LIMIT:
+                kind = "Non-finite" if not torch.isfinite(out.loss) else f"Diverging (|loss| > {LOSS_LIMIT:g})"
                 raise FloatingPointError(
-                    f"Non-finite or diverging loss {out.loss.item()} (|loss| > {LOSS_LIMIT:g}) at update {update} "
+                    f"{kind} loss {out.loss.item()} at update {update} "
                     f"(episode {episode.index}, domain {episode.domain!r}); no step was taken. The last good checkpoint is "
                     f"{self._latest_checkpoint() or 'none (no checkpoint saved yet)'}. Lower the learning rates "
                     "or use bf16 instead of fp16."
