@@ -489,3 +489,28 @@ def test_a_resumed_fp16_run_restores_its_loss_scale(tmp_path, domains):
     second.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**3)
     second.train(resume_from_checkpoint=True)
     assert second.accelerator.scaler.get_scale() == scale == 2.0**10
+
+
+def test_report_to_none_means_no_trackers(tmp_path, domains):
+    train, _ = domains
+    assert MetaTrainingArguments(report_to="none").report_to == []
+    assert MetaTrainingArguments(report_to=["none"]).report_to == []
+    with pytest.raises(ValueError, match="report_to"):
+        MetaTrainingArguments(report_to=["none", "wandb"])
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=1, report_to="none"), train_datasets=train)
+    trainer.train()  # no tracker is initialised, nothing raises inside Accelerate
+
+
+def test_unsupported_launches_are_refused_before_any_step():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from smat_peft.training.trainer import _refuse_unsupported_launch
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ValueError, match=f"{kind.value}.*--multi_gpu"):
+            _refuse_unsupported_launch(SimpleNamespace(distributed_type=kind, gradient_accumulation_steps=1))
+    with pytest.raises(ValueError, match="tasks_per_update"):
+        _refuse_unsupported_launch(SimpleNamespace(distributed_type=DistributedType.NO, gradient_accumulation_steps=4))
+    _refuse_unsupported_launch(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, gradient_accumulation_steps=1))

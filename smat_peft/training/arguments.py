@@ -157,7 +157,8 @@ class MetaTrainingArguments:
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted first)."})
     logging_steps: int = field(default=10, metadata={"help": "Log metrics every N updates."})
     report_to: list[str] = field(
-        default_factory=list, metadata={"help": "Accelerate trackers, e.g. tensorboard, wandb (none by default)."}
+        default_factory=list,
+        metadata={"help": "Accelerate trackers, e.g. tensorboard wandb, or 'all'; 'none' (the default) for none."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even if an accelerator is available."})
     mixed_precision: Optional[str] = field(
@@ -172,6 +173,10 @@ class MetaTrainingArguments:
         for name in ("split_fractions", "eval_modes", "finetune_lr_grid", "report_to"):
             value = getattr(self, name)
             setattr(self, name, [value] if isinstance(value, (str, int, float)) else list(value))
+        if self.report_to in (["none"], ["None"], []):  # transformers' spelling of "no trackers"
+            self.report_to = []
+        elif "none" in self.report_to:
+            raise ValueError(f"`report_to` is 'none' or a list of trackers (or 'all'), got {self.report_to}.")
         positive = ("ways", "shots", "queries", "max_steps", "tasks_per_update", "image_size", "eval_episodes",
                     "test_episodes")
         for name in positive:

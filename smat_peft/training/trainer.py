@@ -77,6 +77,32 @@ _RESUME_NEUTRAL = frozenset({
 })
 
 
+def _has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or bool(mps and mps.is_available())
+            or bool(xpu and hasattr(xpu, "is_available") and xpu.is_available()))
+
+
+def _refuse_unsupported_launch(accelerator: Accelerator) -> None:
+    """Launch settings the meta-trainer cannot honour, refused before any step with what to do instead."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError(
+            f"SmatMetaTrainer does not support {accelerator.distributed_type.value} launches: it averages gradients "
+            "itself across data-parallel processes (the inner and teacher steps take `torch.autograd.grad`). Launch "
+            "plain data parallelism instead: `accelerate launch --multi_gpu --num_processes N ...` or `torchrun "
+            "--nproc_per_node N ...` (docs/training.md)."
+        )
+    if accelerator.gradient_accumulation_steps > 1:
+        raise ValueError(
+            f"Accelerate's gradient_accumulation_steps={accelerator.gradient_accumulation_steps} is not used by "
+            "SmatMetaTrainer (it would only divide the loss): one meta-update already accumulates "
+            "`tasks_per_update` tasks per process. Set `--tasks_per_update` instead and gradient accumulation to 1."
+        )
+
+
 class SmatMetaTrainer:
     """Meta-trains a SMAT adapter over episodes from several 🤗 datasets, and meta-tests it.
 
@@ -125,13 +151,14 @@ class SmatMetaTrainer:
         self.image_processor = image_processor
         self.is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
         self.accelerator = Accelerator(
-            # on a machine without an accelerator this makes torchrun / `accelerate launch --multi_gpu` give a
-            # gloo process group of CPU processes
-            cpu=args.use_cpu or not torch.cuda.is_available(),
+            # on a machine without any accelerator (CUDA, MPS, XPU) this makes torchrun / `accelerate launch
+            # --multi_gpu` give a gloo process group of CPU processes; otherwise Accelerate picks the device
+            cpu=args.use_cpu or not _has_accelerator(),
             mixed_precision=args.mixed_precision,
             log_with=list(args.report_to) or None,
             project_dir=args.output_dir,
         )
+        _refuse_unsupported_launch(self.accelerator)
         self.model.to(self.accelerator.device)
         self.train_sampler = self._sampler(self.train_datasets, "train", args.max_steps) if self.train_datasets else None
         self.global_step = 0
