@@ -310,9 +310,35 @@ def _build_model(model_args, for_training: bool, seed: Optional[int] = None):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(backbone, model_args.adapter_name_or_path, is_trainable=for_training), processor
-    config = SmatConfig(num_experts=model_args.num_experts, sparsity=model_args.sparsity,
-                        target_all_parameters=model_args.target_all_parameters)
-    return get_smat_model(backbone, config), processor
+    return get_smat_model(backbone, smat_config_from_args(model_args)), processor
+
+
+def smat_config_from_args(model_args: Any) -> Any:
+    """The `SmatConfig` of a new adapter: `--smat_config`'s fields (checked), then the flags given away from their
+    defaults."""
+    from dataclasses import MISSING, fields
+
+    from . import SmatConfig
+
+    values: dict[str, Any] = {}
+    if model_args.smat_config:
+        values = _load_config(model_args.smat_config)
+        known = {f.name for f in fields(SmatConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"--smat_config {model_args.smat_config}: unknown SmatConfig field(s) {unknown}. The fields are "
+                f"{sorted(known)} (see `help(smat_peft.SmatConfig)`)."
+            )
+    defaults = {f.name: f.default for f in fields(type(model_args)) if f.default is not MISSING}
+    for name in ("num_experts", "sparsity", "target_all_parameters"):
+        if name not in values or getattr(model_args, name) != defaults[name]:
+            values[name] = getattr(model_args, name)
+    values.pop("peft_type", None)
+    try:
+        return SmatConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--smat_config {model_args.smat_config}: {error}") from error
 
 
 def run_meta_train(args: argparse.Namespace) -> int:

@@ -278,3 +278,27 @@ def test_push_with_the_hub_down_or_an_empty_token_fails_with_one_line(adapter_di
     assert main(["push", str(directory), "user/smat-vit", "--token", FAKE_TOKEN]) == 1
     err = capsys.readouterr().err
     assert err.startswith("smat-peft push: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_smat_config_file_sets_a_new_adapter_and_is_checked(tmp_path):
+    import json
+
+    from smat_peft.cli import smat_config_from_args
+    from smat_peft.training.cli_args import ModelArguments
+
+    path = tmp_path / "smat.json"
+    path.write_text(json.dumps({"num_experts": 4, "mask_dtype": "bfloat16", "layers_to_transform": [1],
+                                "layers_pattern": "layer", "router_test_temperature": 0.7}))
+    config = smat_config_from_args(ModelArguments(smat_config=str(path)))
+    assert config.num_experts == 4 and config.mask_dtype == "bfloat16" and config.layers_to_transform == [1]
+    assert config.router_test_temperature == 0.7 and config.sparsity == 0.9
+    assert smat_config_from_args(ModelArguments(smat_config=str(path), num_experts=2)).num_experts == 2  # a flag wins
+    yaml_path = tmp_path / "smat.yaml"
+    yaml_path.write_text("num_experts: 3\nmask_noise: false\n")
+    assert smat_config_from_args(ModelArguments(smat_config=str(yaml_path))).mask_noise is False
+    path.write_text(json.dumps({"num_expert": 4}))
+    with pytest.raises(ValueError, match=r"unknown SmatConfig field\(s\) \['num_expert'\]"):
+        smat_config_from_args(ModelArguments(smat_config=str(path)))
+    path.write_text(json.dumps({"sparsity": 1.5}))
+    with pytest.raises(ValueError, match=r"--smat_config .*sparsity"):
+        smat_config_from_args(ModelArguments(smat_config=str(path)))

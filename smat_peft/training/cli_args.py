@@ -48,6 +48,12 @@ class ModelArguments:
     target_all_parameters: bool = field(
         default=False, metadata={"help": "Adapt every parameter (LayerNorms, embeddings too), as the paper does."}
     )
+    smat_config: Optional[str] = field(
+        default=None,
+        metadata={"help": "A JSON or YAML file of SmatConfig fields for a new adapter (target_modules, "
+                  "layers_to_transform, mask_dtype, ...); --num_experts, --sparsity and --target_all_parameters "
+                  "override it where given away from their defaults."},
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ("smat", "pmf", "pretrained"):
