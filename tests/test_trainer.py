@@ -154,8 +154,14 @@ sys.path.insert(0, {tests!r})
 from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model
 from tiny_data import synthetic_domain
 from tiny_models import make_tiny_model
+import os
 tasks = int(sys.argv[1])
 model = get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=4, sparsity=0.9))
+if os.environ.get("RANK") == "1":  # a replica that initialised differently: process 0's state must win
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
 args = MetaTrainingArguments(output_dir=sys.argv[2], max_steps=3, tasks_per_update=tasks, ways=5, shots=2, queries=3,
     image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3, eval_steps=0,
     save_steps=0, logging_steps=1, disable_tqdm=True, augment=False)
@@ -167,6 +173,7 @@ if trainer.accelerator.is_main_process:
 
 
 def test_two_processes_match_one_process_with_two_tasks_per_update(tmp_path):
+    """Broadcast from process 0 at start, bucketed all-reduce of the gradients: 2 processes × 1 task == 1 × 2."""
     script = tmp_path / "train.py"
     script.write_text(TWO_PROCESS_SCRIPT.format(tests=TESTS_DIR))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

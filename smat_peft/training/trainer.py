@@ -63,6 +63,8 @@ from .serialization import load_state, save_state
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
+# Gradients smaller than this (elements) are all-reduced together, in buckets of about this size.
+ALL_REDUCE_BUCKET = 1 << 22
 # A task's loss is a cross-entropy, a distillation term and the constraint (λ · a fraction); beyond this it diverges.
 LOSS_LIMIT = 1e6
 STATE_STEM = "training_state"  # training_state.safetensors (tensors) + training_state.json (the rest, checksums)
@@ -234,18 +236,55 @@ class SmatMetaTrainer:
             self.schedulers[name] = make(optimizer, num_warmup_steps=args.warmup_steps, **kwargs)
 
     def _all_reduce_gradients(self) -> None:
+        """Average every optimised gradient across processes, in place: large gradients one by one, small ones in
+        buckets of at most `ALL_REDUCE_BUCKET` elements (no full-size copy of all gradients)."""
         if self.accelerator.num_processes == 1:
             return
+        import torch.distributed as dist
+
+        world = self.accelerator.num_processes
         params = [p for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"]]
+        bucket: list[torch.Tensor] = []
+        size = 0
+
+        def flush() -> None:
+            if bucket:
+                flat = torch.cat([g.flatten() for g in bucket])
+                dist.all_reduce(flat)
+                flat.div_(world)
+                offset = 0
+                for g in bucket:
+                    g.copy_(flat[offset: offset + g.numel()].view_as(g))
+                    offset += g.numel()
+            bucket.clear()
+
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.flatten() for p in params])
-        flat = self.accelerator.reduce(flat, reduction="mean")
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
-            offset += p.numel()
+            if p.grad.numel() >= ALL_REDUCE_BUCKET:
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)
+                continue
+            bucket.append(p.grad)
+            size += p.grad.numel()
+            if size >= ALL_REDUCE_BUCKET:
+                flush()
+                size = 0
+        flush()
+
+    def _broadcast_initial_state(self) -> None:
+        """Every trainable parameter, the routers' buffers and λ from process 0, so replicas start identical
+        whatever each process's seed did."""
+        if self.accelerator.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        tensors = [p.data for p in self.model.parameters() if p.requires_grad]
+        if self.is_smat:
+            tensors += [b for b in self.model.base_model.smat_router.buffers()]
+            tensors += [self.constraint.multipliers.data]
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
 
     def _start_update(self, update: int) -> None:
         """Per-update state that depends only on the update index, hence identical on every process."""
@@ -350,6 +389,7 @@ class SmatMetaTrainer:
             self._load_checkpoint(resume_from_checkpoint)
         else:
             self._prepare_output_dir()
+        self._broadcast_initial_state()
         if self.accelerator.is_main_process:
             os.makedirs(args.output_dir, exist_ok=True)
             self._remove_stale_temporaries()
