@@ -51,15 +51,17 @@ def add_push_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="Directory written by save_pretrained or export.")
     parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repo, 'namespace/name' (or 'name' for your user).")
     parser.add_argument("--private", action="store_true", help="Create the repo as private (if it does not exist).")
-    parser.add_argument("--revision", default=None, help="Branch to commit to; created from main if missing.")
-    parser.add_argument("--subfolder", default=None, help="Folder inside the repo to upload to (default: root).")
-    parser.add_argument("--commit-message", default=None, help="Commit message (default: 'Upload SMAT adapter').")
-    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in token or HF_TOKEN).")
+    parser.add_argument("--revision", default=None, help="Branch to commit to (created from main if missing); None: main.")
+    parser.add_argument("--subfolder", default=None, help="Folder inside the repo to upload to; None: the root.")
+    parser.add_argument("--commit-message", "--commit_message", default=None,
+                        help="Commit message; None: 'Upload SMAT adapter'.")
+    parser.add_argument("--token", default=None, help="Hub token; None: the logged-in token or HF_TOKEN.")
     parser.add_argument(
         "--base-model",
+        "--base_model",
         default=None,
         metavar="NAME_OR_PATH",
-        help="Base model named in the model card (default: base_model_name_or_path from adapter_config.json).",
+        help="Base model named in the model card; None: base_model_name_or_path from adapter_config.json.",
     )
     parser.add_argument(
         "--include",
@@ -71,6 +73,7 @@ def add_push_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dry-run",
+        "--dry_run",
         action="store_true",
         help="List the files that would be uploaded and exit, without contacting the Hub.",
     )
@@ -124,12 +127,14 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="Directory to write the compact export to.")
     parser.add_argument(
         "--delta-dtype",
+        "--delta_dtype",
         default="float16",
         choices=sorted(DELTA_DTYPES),
-        help="Storage dtype of the delta (default: float16; float32 is exact).",
+        help="Storage dtype of the delta (float32 is exact).",
     )
     parser.add_argument(
         "--base-model",
+        "--base_model",
         default=None,
         metavar="NAME_OR_PATH",
         help="Verify the export on this base model (a Hub id or a local directory for from_pretrained).",

@@ -302,3 +302,19 @@ def test_smat_config_file_sets_a_new_adapter_and_is_checked(tmp_path):
     path.write_text(json.dumps({"sparsity": 1.5}))
     with pytest.raises(ValueError, match=r"--smat_config .*sparsity"):
         smat_config_from_args(ModelArguments(smat_config=str(path)))
+
+
+def test_push_and_export_take_both_spellings_and_one_default_each():
+    from smat_peft.cli import build_parser
+
+    parser = build_parser()
+    for spelling in ("--commit_message", "--commit-message"):
+        args = parser.parse_args(["push", "adapter", "me/repo", spelling, "hello", "--dry_run", "--base_model", "b"])
+        assert args.commit_message == "hello" and args.dry_run and args.base_model == "b"
+    args = parser.parse_args(["export", "adapter", "out", "--delta_dtype", "bfloat16"])
+    assert args.delta_dtype == "bfloat16"
+    for command in ("push", "export"):
+        out = subprocess.run([sys.executable, "-m", "smat_peft.cli", command, "--help"], capture_output=True,
+                             text=True, check=True).stdout
+        for line in out.split("\n  --")[1:]:
+            assert line.count("default") <= 1, line  # the formatter's default, not a second one in the text

@@ -58,7 +58,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
@@ -146,7 +146,7 @@ class DemoArguments:
 
     output_dir: str = field(default="smat-demo", metadata={"help": "Where results.json, the adapter and plots go."})
     quick: bool = field(default=False, metadata={"help": "A ~3-minute smoke run: 2+2 domains, few steps and episodes."})
-    profile: str = field(default="default", metadata={
+    profile: Literal["default", "full"] = field(default="default", metadata={
         "help": "'default' (one seed, ~20 minutes) or 'full' (3 training seeds, 100 test episodes per domain and "
                 "setting, fine-tuning with a 6-value lr grid and 50 steps; resumable). Flags beat the profile."})
     training_seeds: list[int] = field(default_factory=lambda: [0], metadata={
@@ -162,7 +162,7 @@ class DemoArguments:
     image_size: int = field(default=56, metadata={"help": "Image side in pixels (a multiple of 14)."})
     frozen_layers: int = field(default=8, metadata={"help": "First ViT blocks kept frozen (run once per image)."})
     max_images_per_class: int = field(default=100, metadata={"help": "Cap on images per class (MNIST has 7000)."})
-    coverage: str = field(default="all", metadata={
+    coverage: Literal["all", "linears"] = field(default="all", metadata={
         "help": "What every method adapts after the frozen prefix: 'all' parameters (norms, layer-scales, biases; "
                 "the method) or the attention and MLP 'linears' only (an ablation)."})
     num_experts: int = field(default=8, metadata={"help": "SMAT experts M."})

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 
 @dataclass
@@ -69,7 +69,7 @@ class MetaTrainingArguments:
     split_fractions: list[float] = field(
         default_factory=lambda: [0.7, 0.15, 0.15], metadata={"help": "Fractions of each domain's classes in train/validation/test."}
     )
-    min_images_policy: str = field(
+    min_images_policy: Literal["skip", "error"] = field(
         default="skip",
         metadata={"help": "Classes with fewer images than shots + queries: 'skip' them or raise an 'error'."},
     )
@@ -93,7 +93,7 @@ class MetaTrainingArguments:
     router_grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip over the router."})
     dense_lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate of the whole backbone (PMF baseline)."})
     dense_weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the backbone (PMF baseline)."})
-    lr_schedule: str = field(default="cosine", metadata={"help": "'cosine' (after warm-up) or 'constant'."})
+    lr_schedule: Literal["cosine", "constant"] = field(default="cosine", metadata={"help": "'cosine' (after warm-up) or 'constant'."})
 
     # ---- the SMAT objective
     protonet_scale: float = field(default=10.0, metadata={"help": "Scale of the cosine ProtoNet logits."})
@@ -107,7 +107,7 @@ class MetaTrainingArguments:
     teacher_lr: float = field(default=5e-3, metadata={"help": "Learning rate of the dense teacher's steps."})
     distillation_weight: float = field(default=0.25, metadata={"help": "Weight w of distillation vs (1-w) of query CE."})
     distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of distillation."})
-    distillation_direction: str = field(
+    distillation_direction: Literal["forward", "reverse"] = field(
         default="forward",
         metadata={
             "help": "'forward': KL(teacher‖student), Hinton's KD (paper); 'reverse': KL(student‖teacher), the "
@@ -161,7 +161,7 @@ class MetaTrainingArguments:
         metadata={"help": "Accelerate trackers, e.g. tensorboard wandb, or 'all'; 'none' (the default) for none."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even if an accelerator is available."})
-    mixed_precision: Optional[str] = field(
+    mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = field(
         default=None,
         metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast; fp16 with a loss scaler). Default: the launch "
                   "configuration (`accelerate config`, `ACCELERATE_MIXED_PRECISION`), else 'no'. bf16 is recommended "

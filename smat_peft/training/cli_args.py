@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ModelArguments:
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Backbone: a local transformers model directory or a Hub id (required)."}
     )
-    method: str = field(
+    method: Literal["smat", "pmf", "pretrained"] = field(
         default="smat",
         metadata={"help": "'smat' (sparse interpolated experts), 'pmf' (dense meta-training baseline) or "
                   "'pretrained' (evaluate the frozen backbone)."},
