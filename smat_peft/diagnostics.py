@@ -41,6 +41,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .layer import hard_concrete
 from .model import SmatModel
 from .router import SmatRouter
 
@@ -77,7 +78,7 @@ def eval_mask_overlap(model: nn.Module, adapter_name: Optional[str] = None) -> d
     smat = _smat(model)
     adapter_name = adapter_name or smat.active_adapters[0]
     config = smat.peft_config[adapter_name]
-    threshold = _eval_threshold(config)
+    threshold = hard_concrete(config).eval_nonzero_threshold
     intersection, count, total = 0, 0, 0
     for _, layer in smat.smat_layers():
         if adapter_name not in layer.smat_log_alpha:
@@ -103,12 +104,6 @@ def _smat(model: nn.Module) -> SmatModel:
     return model if isinstance(model, SmatModel) else model.base_model
 
 
-def _eval_threshold(config: Any) -> float:
-    from .layer import hard_concrete
-
-    return hard_concrete(config).eval_nonzero_threshold
-
-
 def fresh_router(model: nn.Module, adapter_name: Optional[str] = None, seed: int = 0,
                  spectral_norm_iterations: int = 30) -> SmatRouter:
     """An untrained router of the same configuration (and test temperature) as the adapter's, in eval mode, its
@@ -120,12 +115,7 @@ def fresh_router(model: nn.Module, adapter_name: Optional[str] = None, seed: int
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        router = SmatRouter(
-            feature_dim=trained.feature_dim, num_experts=config.num_experts, num_heads=config.router_num_heads,
-            mlp_ratio=config.router_mlp_ratio, num_skill_tokens=config.router_num_skill_tokens,
-            spectral_norm=config.router_spectral_norm, temperature=config.router_temperature,
-            test_temperature=config.router_test_temperature,
-        )
+        router = SmatRouter.from_config(config, trained.feature_dim)
         # converge the spectral-norm estimates, as a trained router's have (one power iteration per update)
         for _ in range(spectral_norm_iterations):
             router.update_spectral_norm()

@@ -212,16 +212,7 @@ class SmatModel(BaseTuner):
         feature_dim = config.feature_dim or infer_feature_dim(model)
         if feature_dim is None:
             return None
-        router = SmatRouter(
-            feature_dim=feature_dim,
-            num_experts=config.num_experts,
-            num_heads=config.router_num_heads,
-            mlp_ratio=config.router_mlp_ratio,
-            num_skill_tokens=config.router_num_skill_tokens,
-            spectral_norm=config.router_spectral_norm,
-            temperature=config.router_temperature,
-            test_temperature=config.router_test_temperature,
-        )
+        router = SmatRouter.from_config(config, feature_dim)
         if any(t.is_meta for t in router.state_dict().values()):
             return router  # low_cpu_mem_usage: nothing to copy yet
         device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))

@@ -27,11 +27,16 @@ Temperatures: in training, `s = σ((ℓ + logistic noise) / T_train)` with `T_tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+
+if TYPE_CHECKING:
+    from .config import SmatConfig
 
 
 @dataclass
@@ -102,6 +107,20 @@ class SmatRouter(nn.Module):
             for name in ("qkv", "proj", "fc1", "fc2"):
                 setattr(self, name, _spectral_norm(getattr(self, name)))
         self.train(self.training)
+
+    @classmethod
+    def from_config(cls, config: "SmatConfig", feature_dim: int) -> "SmatRouter":
+        """The router a `SmatConfig` describes, reading support features of size `feature_dim`."""
+        return cls(
+            feature_dim=feature_dim,
+            num_experts=config.num_experts,
+            num_heads=config.router_num_heads,
+            mlp_ratio=config.router_mlp_ratio,
+            num_skill_tokens=config.router_num_skill_tokens,
+            spectral_norm=config.router_spectral_norm,
+            temperature=config.router_temperature,
+            test_temperature=config.router_test_temperature,
+        )
 
     def _spectral_norms(self) -> list[nn.Module]:
         return [m for m in self.modules() if type(m).__name__ == "_SpectralNorm"]
