@@ -216,6 +216,7 @@ def _fake_results() -> dict:
                    "mask_saturation": {"at_upper": [0.05, 0.05], "at_lower": [0.8, 0.85]},
                    "eval_mask_overlap": {"mean_jaccard": 0.1, "mean_independent_baseline": 0.05}}
     return {"settings": benchmark.SETTINGS, "models": models, "train_domains": ["glyphs"], "ood_domains": ["mnist"],
+            "per_seed": {m: {"0": r} for m, r in models.items()}, "diagnostics_per_seed": {"0": diagnostics},
             "sparsity": report, "diagnostics": diagnostics, "training": {"smat": {"0": {"history": history}}},
             "arguments": {"seed": 0}}
 

@@ -52,7 +52,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -66,6 +65,7 @@ from tqdm.auto import tqdm
 
 from .. import SmatConfig, get_smat_model
 from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, specialisation_score
+from ..integrity import commit_directory, staging_directory
 from ..model import SmatModel
 from ..targets import DEFAULT_TARGET_MODULES
 from ..training import MetaTrainingArguments, SmatMetaTrainer
@@ -540,7 +540,7 @@ def comparisons(results: dict[str, Any], method: str = "smat", mode: str = "dire
     """`method` against every other model, per setting, ID and OOD: the paired per-episode difference of accuracy
     (points) with its bootstrap 95% CI and the claim (win / tie / loss), see `training.statistics`."""
     out = []
-    per_seed = results.get("per_seed") or {m: {"0": r} for m, r in results["models"].items()}
+    per_seed = results["per_seed"]
     groups = {"id": results["train_domains"], "ood": results["ood_domains"]}
 
     def table(model: str, setting: str, domain: str) -> list[list[float]]:  # [seeds][episodes]
@@ -569,7 +569,7 @@ def claims(results: dict[str, Any]) -> dict[str, Any]:
         low, high = entry["ci95"]
         out[f"smat_vs_{entry['baseline']}_{entry['group']}_{entry['setting']}"] = (
             f"{entry['claim']} ({entry['difference']:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}])")
-    per_seed = results.get("diagnostics_per_seed") or {"0": results["diagnostics"]}
+    per_seed = results["diagnostics_per_seed"]
     out["specialisation_score_per_seed"] = {
         seed: f"{d['specialisation']['score']:+.3f} [{d['specialisation']['ci95'][0]:+.3f}, "
               f"{d['specialisation']['ci95'][1]:+.3f}]" for seed, d in per_seed.items()}
@@ -761,7 +761,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     results["models"] = {m: average_over_seeds(per_seed) for m, per_seed in results["per_seed"].items()}
     results["sparsity"] = results["sparsity_per_seed"][first]
     results["diagnostics"] = results["diagnostics_per_seed"][first]
-    _copy_directory(out / "runs" / "smat" / f"seed-{first}" / "adapter", out / "adapter")
+    # the first seed's SMAT adapter at the top of the output, switched in crash-safely as every save is
+    staging = staging_directory(str(out / "adapter"))
+    shutil.copytree(out / "runs" / "smat" / f"seed-{first}" / "adapter", staging, dirs_exist_ok=True)
+    commit_directory(staging, str(out / "adapter"))
     results["summary"] = {name: summarize_model(r, args, domains) for name, r in results["models"].items()}
     results["comparisons"] = comparisons(results)
     results["claims"] = claims(results)
@@ -771,15 +774,6 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     results["plots"] = plots.plot_all(results, out)
     _write_json(out / "results.json", results)
     return results
-
-
-def _copy_directory(source: Path, target: Path) -> None:
-    """Replace `target` with a copy of `source` (the first seed's SMAT adapter, at the top of the output)."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
 
 
 def run_sweep(args: DemoArguments) -> dict[str, Any]:
