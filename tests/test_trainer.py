@@ -33,6 +33,22 @@ def smat_model(num_experts=4, sparsity=0.9):
     return get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=num_experts, sparsity=sparsity))
 
 
+class Killed(Exception):
+    """A process killed in the middle of training."""
+
+
+def killed_at(update):
+    """A trainer class that dies (raises `Killed`) when update `update` starts."""
+
+    class KilledTrainer(SmatMetaTrainer):
+        def _start_update(self, u):
+            if u == update:
+                raise Killed
+            super()._start_update(u)
+
+    return KilledTrainer
+
+
 def adapter_state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items() if "smat_" in k}
 
@@ -63,18 +79,9 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, domains):
     reference = smat_model()
     SmatMetaTrainer(reference, arguments(tmp_path / "ref", max_steps=6), train_datasets=train).train()
 
-    class Killed(Exception):
-        pass
-
-    class KilledTrainer(SmatMetaTrainer):
-        def _start_update(self, update):
-            if update == 4:
-                raise Killed
-            super()._start_update(update)
-
     interrupted = smat_model()
     with pytest.raises(Killed):
-        KilledTrainer(interrupted, arguments(tmp_path / "run", max_steps=6, save_steps=3), train_datasets=train).train()
+        killed_at(4)(interrupted, arguments(tmp_path / "run", max_steps=6, save_steps=3), train_datasets=train).train()
     assert (tmp_path / "run" / "latest").read_text() == "checkpoint-3"
 
     resumed = smat_model()
@@ -270,17 +277,8 @@ def test_a_damaged_checkpoint_never_resumes_silently(tmp_path, domains, damage):
 def test_rerunning_into_a_previous_run_is_refused_then_resumed_or_overwritten(tmp_path, domains):
     train, _ = domains
 
-    class Killed(Exception):
-        pass
-
-    class KilledTrainer(SmatMetaTrainer):
-        def _start_update(self, update):
-            if update == 5:
-                raise Killed
-            super()._start_update(update)
-
     with pytest.raises(Killed):
-        KilledTrainer(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2), train_datasets=train).train()
+        killed_at(5)(smat_model(), arguments(tmp_path, max_steps=6, save_steps=2), train_datasets=train).train()
     assert (tmp_path / "latest").read_text() == "checkpoint-4"
     # the same command again: refused, nothing deleted
     with pytest.raises(ValueError, match="previous run.*checkpoint-4.*--resume_from_checkpoint latest.*overwrite"):
