@@ -35,6 +35,7 @@ from smat_peft.demo.prefix import (
     prefix_activations,
     skip_frozen_prefix,
 )
+from smat_peft.training import evaluation
 from smat_peft.training.evaluation import direct_accuracy, frozen_direct_scores
 from smat_peft.training.objective import protonet_task_loss
 
@@ -169,6 +170,29 @@ def test_frozen_direct_scores_match_per_episode_accuracy():
         assert scores[domain_name] == pytest.approx(expected[domain_name])
 
 
+def test_a_one_expert_smat_model_is_evaluated_once_per_image_with_the_per_episode_numbers():
+    domain = synthetic_domain(num_classes=6, per_class=5, size=IMAGE_SIZE)
+    sampler = EpisodeSampler({"a": domain}, ways=3, shots=2, queries=2, num_episodes=6, image_size=IMAGE_SIZE,
+                             split_fractions=(1, 0, 0))
+    args = MetaTrainingArguments(image_size=IMAGE_SIZE)
+    torch.manual_seed(0)
+    one = get_smat_model(make_tiny_model("vit"), SmatConfig(num_experts=1, sparsity=0.5, mask_init="random_binary",
+                                                            train_masks=False, mask_noise=False)).eval()
+    with torch.no_grad():
+        for name, param in one.named_parameters():
+            if "smat_delta" in name:
+                param.normal_(0, 0.3)  # a trained-looking δ, so the task weights differ from the backbone's
+    frozen = evaluation.task_independent_model(one, sampler[0])
+    assert frozen is not None and not hasattr(frozen, "peft_config")
+    expected = [direct_accuracy(one, sampler[i], args, is_smat=True) for i in range(len(sampler))]
+    assert frozen_direct_scores(frozen, sampler, args)["a"] == pytest.approx(expected)
+    assert evaluation.evaluate_episodes(one, sampler, args)["a"]["direct"]["scores"] == pytest.approx(
+        [100 * v for v in expected])
+    # several experts: the task weights depend on the support set
+    eight = get_smat_model(make_tiny_model("vit"), SmatConfig(num_experts=8, sparsity=0.5))
+    assert evaluation.task_independent_model(eight, sampler[0]) is None
+
+
 def test_demo_arguments():
     quick = benchmark.DemoArguments(quick=True)
     assert quick.train_domains == benchmark.QUICK["train_domains"] and quick.steps == benchmark.QUICK["steps"]
@@ -243,7 +267,8 @@ def test_plots_and_tables(tmp_path):
     claims = benchmark.claims(results)
     assert claims["smat_vs_pmf_ood_5w5s"].startswith("win (+3.0 points")
     assert claims["smat_vs_random_mask_id_5w1s"].startswith("win (+1.0")
-    assert "| pmf | 5w5s | +3.0 [+3.0, +3.0] win | +3.0 [+3.0, +3.0] win |" in benchmark.format_comparisons(results)
+    assert "| pmf | direct | 5w5s | +3.0 [+3.0, +3.0] win | +3.0 [+3.0, +3.0] win |" in benchmark.format_comparisons(results)
+    assert Path(plots.plot_comparisons(results, tmp_path / "comparisons.png")).read_bytes()[:4] == b"\x89PNG"
     assert claims["experts_specialise"] and claims["specialisation_score_ci95"] == [0.05, 0.15]
     assert claims["mask_logits_saturated"] == pytest.approx(0.875) and claims["max_train_mask_density_gap"] == 0.0
     sweep = {"pretrained": {s: {"id": 50.0, "ood": 40.0} for s in ("5w5s",)},
@@ -294,7 +319,8 @@ def test_profiles_seeds_and_bad_values():
     full = benchmark.DemoArguments(profile="full")
     assert full.training_seeds == [0, 1, 2] and full.test_episodes >= 100 and full.variable_test_episodes >= 50
     assert 0.0 in full.finetune_lr_grid and len(full.finetune_lr_grid) >= 6 and full.finetune_steps == 50
-    assert full.finetune_search_episodes >= 5
+    assert full.finetune_search_episodes * len(full.train_domains) >= 5  # validation episodes of the training domains
+    assert full.finetune_seeds == 1 and not full.search_lr_every_seed
     assert benchmark.DemoArguments(profile="full", test_episodes=7).test_episodes == 7  # a flag beats the profile
     with pytest.raises(ValueError, match="profile"):
         benchmark.DemoArguments(profile="huge")
@@ -306,6 +332,8 @@ def test_profiles_seeds_and_bad_values():
         benchmark.DemoArguments(test_episodes=0)
     with pytest.raises(ValueError, match="coverage"):
         benchmark.DemoArguments(coverage="norms")
+    with pytest.raises(ValueError, match="finetune_seeds"):
+        benchmark.DemoArguments(finetune_seeds=0)
 
 
 def test_run_fingerprint_tracks_what_a_run_computes():
@@ -338,9 +366,12 @@ def test_an_interrupted_demo_resumes_and_redoes_only_what_is_missing_or_corrupt(
     class FakeModel:
         base_model = FakeSmat()
 
-    def train_method(method, backbone, args, out, train, sampler_class, training_seed=None, sparsity=None):
+    grids = {}
+
+    def train_method(method, backbone, args, out, train, sampler_class, training_seed=None, sparsity=None, grid=None):
         calls.append((method, training_seed))
-        return FakeModel(), None, {"lr": 1.0, "lr_search": {"1": 0.5}}
+        grids[method, training_seed] = grid
+        return FakeModel(), None, {"lr": 1.0 + training_seed, "lr_search": {"1": 0.5}}
 
     def save(method, model, directory, args):
         (directory / "adapter").mkdir(parents=True, exist_ok=True)
@@ -361,6 +392,8 @@ def test_an_interrupted_demo_resumes_and_redoes_only_what_is_missing_or_corrupt(
                                    training_seeds=[0, 1], disable_tqdm=True)
     first = benchmark.run_demo(args)
     assert sorted(calls) == sorted((m, s) for m in benchmark.TRAINED for s in (0, 1))
+    # the first seed searches the method's grid, the second trains at the lr it chose
+    assert all(grids[m, 0] is None and grids[m, 1] == [1.0] for m in benchmark.TRAINED)
     assert first["models"]["smat"]["direct"]["5w5s"]["glyphs"]["seeds"] == 2
     assert {c["claim"] for c in first["comparisons"]} <= {"win", "tie", "loss"}
 

@@ -70,7 +70,8 @@ from ..model import SmatModel
 from ..targets import DEFAULT_TARGET_MODULES
 from ..training import MetaTrainingArguments, SmatMetaTrainer
 from ..training.trainer import _atomic_write_text
-from ..training.evaluation import evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate
+from ..training.evaluation import (evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate,
+                                   task_independent_model)
 from ..training.statistics import paired_difference
 from . import assets
 from .prefix import CachedEpisodeSampler, cached_prefix_activations, skip_frozen_prefix
@@ -120,9 +121,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "training_seeds": [0, 1, 2],
         "test_episodes": 100,
         "variable_test_episodes": 50,
-        "finetune_episodes": 20,
+        # fine-tuning costs ~9 s per episode and model (50 steps, full + LoRA, 2 cores): the first seed's models,
+        # 5 test episodes per domain, the lr chosen on 8 validation episodes (docs/demo.md, "Where the time goes")
+        "finetune_seeds": 1,
+        "finetune_episodes": 5,
         "finetune_steps": 50,
-        "finetune_search_episodes": 5,
+        "finetune_search_episodes": 2,
         "finetune_lr_grid": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
         "diagnostic_episodes": 50,
     },
@@ -152,6 +156,12 @@ class DemoArguments:
     training_seeds: list[int] = field(default_factory=lambda: [0], metadata={
         "help": "Seeds of every trained method's initialisation and training episodes; test episodes are the same "
                 "for all (from --seed)."})
+    search_lr_every_seed: bool = field(default=False, metadata={
+        "help": "Search each method's meta-training lr grid at every training seed; by default the later seeds train "
+                "at the lr the first seed's search chose (hyper-parameters tuned once, then seeds)."})
+    finetune_seeds: Optional[int] = field(default=None, metadata={
+        "help": "Fine-tune (full and LoRA modes) the models of the first N training seeds only, the others are tested "
+                "in direct mode (default: all seeds)."})
     cache_dir: Optional[str] = field(
         default=None, metadata={"help": "Asset cache (default $SMAT_PEFT_CACHE or ~/.cache/smat_peft)."}
     )
@@ -236,6 +246,9 @@ class DemoArguments:
             raise ValueError(f"`coverage` must be one of {COVERAGES}, got {self.coverage!r}.")
         if not self.router_test_temperature > 0:
             raise ValueError(f"`router_test_temperature` must be > 0, got {self.router_test_temperature}.")
+        if self.finetune_seeds is not None and self.finetune_seeds < 1:
+            raise ValueError(f"`finetune_seeds` must be >= 1 (the fine-tuned seeds come first), got "
+                             f"{self.finetune_seeds}.")
         if self.variable_test_episodes is not None and self.variable_test_episodes < 1:
             raise ValueError(f"`variable_test_episodes` must be >= 1, got {self.variable_test_episodes}.")
         unknown = [d for d in self.train_domains + self.ood_domains if d not in assets.DOMAINS]
@@ -391,16 +404,17 @@ def build_model(method: str, backbone: nn.Module, args: DemoArguments, sparsity:
 
 
 def train_method(method: str, backbone: nn.Module, args: DemoArguments, out: Path, train: dict, sampler_class: type,
-                 sparsity: Optional[float] = None, training_seed: Optional[int] = None
-                 ) -> tuple[nn.Module, MetaTrainingArguments, dict[str, Any]]:
-    """Train `method` at every learning rate of its grid; keep the one with the best validation accuracy.
+                 sparsity: Optional[float] = None, training_seed: Optional[int] = None,
+                 grid: Optional[list[float]] = None) -> tuple[nn.Module, MetaTrainingArguments, dict[str, Any]]:
+    """Train `method` at every learning rate of its grid (default: its `LR_FIELDS` argument); keep the one with the
+    best validation accuracy.
 
     Returns the model, its training arguments and a record: chosen lr, the search, the kept (early-stopped) update,
     the validation history, wall time and, for SMAT adapters, the trainer's expert diagnostics over time.
     """
     sparsity = args.sparsity if sparsity is None else sparsity
     seed = args.training_seeds[0] if training_seed is None else training_seed
-    grid = getattr(args, LR_FIELDS[method])
+    grid = getattr(args, LR_FIELDS[method]) if grid is None else grid
     best = None
     search: dict[str, Any] = {}
     for lr in grid:
@@ -457,18 +471,22 @@ def evaluate_model(model: nn.Module, name: str, training_args: MetaTrainingArgum
     default all of `SETTINGS`)."""
     results: dict[str, Any] = {}
     is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
+    # the model's one set of weights if they do not depend on the task (pre-trained, PMF, the one-expert controls)
+    frozen = task_independent_model(model, test_sampler(sampler_class, domains, next(iter(domains)), FINETUNE_SETTING,
+                                                        args, 1)[0])
     features: dict = {}  # a frozen model embeds each test image once, across settings
     for setting in settings or list(SETTINGS):
         episodes = args.variable_test_episodes if setting == "variable" and args.variable_test_episodes else \
             args.test_episodes
         for domain in domains:
             sampler = test_sampler(sampler_class, domains, domain, setting, args, episodes)
-            if is_smat:
+            if frozen is None:
                 out = evaluate_episodes(model, sampler, training_args, modes=("direct",), is_smat=True,
                                         disable_tqdm=args.disable_tqdm, description=f"{name} {setting} {domain}")
                 entry = out[domain]["direct"]
             else:
-                scores = frozen_direct_scores(model, sampler, training_args, cache=features, disable_tqdm=args.disable_tqdm)
+                scores = frozen_direct_scores(frozen, sampler, training_args, cache=features,
+                                              disable_tqdm=args.disable_tqdm)
                 entry = mean_ci95(scores[domain])
             results.setdefault("direct", {}).setdefault(setting, {})[domain] = entry
     finetune = [m for m in modes if m != "direct"]
@@ -544,14 +562,15 @@ def comparisons(results: dict[str, Any], method: str = "smat", mode: str = "dire
     groups = {"id": results["train_domains"], "ood": results["ood_domains"]}
 
     def table(model: str, setting: str, domain: str) -> list[list[float]]:  # [seeds][episodes]
-        return [r[mode][setting][domain]["scores"] for r in per_seed[model].values()]
+        return [r[mode][setting][domain]["scores"] for r in per_seed[model].values() if mode in r]
 
     reference = next(iter(per_seed[method].values()))
     for other in [m for m in MODELS if m in per_seed and m != method]:
         for setting in results["settings"]:
             for group, names in groups.items():
-                names = [d for d in names if d in reference[mode].get(setting, {})]
-                if not names or setting not in next(iter(per_seed[other].values())).get(mode, {}):
+                names = [d for d in names if d in reference.get(mode, {}).get(setting, {})]
+                if not names or setting not in next(iter(per_seed[other].values())).get(mode, {}) or \
+                        setting not in reference.get(mode, {}):
                     continue
                 a = [table(method, setting, d) for d in names]
                 b = [table(other, setting, d) for d in names]
@@ -567,7 +586,8 @@ def claims(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for entry in results["comparisons"]:
         low, high = entry["ci95"]
-        out[f"smat_vs_{entry['baseline']}_{entry['group']}_{entry['setting']}"] = (
+        mode = "" if entry["mode"] == "direct" else f"_{entry['mode']}"
+        out[f"smat_vs_{entry['baseline']}_{entry['group']}_{entry['setting']}{mode}"] = (
             f"{entry['claim']} ({entry['difference']:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}])")
     per_seed = results["diagnostics_per_seed"]
     out["specialisation_score_per_seed"] = {
@@ -625,16 +645,20 @@ def prepare(args: DemoArguments) -> tuple[dict, nn.Module, type, str]:
 
 TRAINED = ("pmf", "dense_expert", "random_mask", "smat")
 # arguments that do not change what a (method, seed) run computes
-_NOT_IN_FINGERPRINT = {"output_dir", "disable_tqdm", "training_seeds", "profile", "quick", "cache_dir", "sweep_sparsity"}
+_NOT_IN_FINGERPRINT = {"output_dir", "disable_tqdm", "training_seeds", "profile", "quick", "cache_dir", "sweep_sparsity",
+                       "search_lr_every_seed", "finetune_seeds"}  # the last two: through the run's grid and modes
 
 
-def run_fingerprint(args: DemoArguments, method: str, seed: Optional[int]) -> str:
-    """What a finished (method, seed) run was computed from; a saved run with another fingerprint is redone."""
+def run_fingerprint(args: DemoArguments, method: str, seed: Optional[int], modes: tuple[str, ...] = ("direct",),
+                    grid: Optional[list[float]] = None) -> str:
+    """What a finished (method, seed) run was computed from (arguments, its meta-test modes and lr grid); a saved
+    run with another fingerprint is redone. `grid` defaults to the method's searched lr grid."""
     values = {k: v for k, v in dataclasses.asdict(args).items() if k not in _NOT_IN_FINGERPRINT}
-    for other, name in LR_FIELDS.items():
-        if other != method:
-            values.pop(name)
-    text = json.dumps([method, seed, values], sort_keys=True, default=str)
+    for name in LR_FIELDS.values():
+        values.pop(name)
+    if grid is None and method in LR_FIELDS:
+        grid = getattr(args, LR_FIELDS[method])
+    text = json.dumps([method, seed, values, list(modes), grid], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -672,9 +696,9 @@ def _save_trained_model(method: str, model: nn.Module, directory: Path, args: De
 
 def average_over_seeds(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One model's results averaged over training seeds: per episode, the mean over seeds; then mean ± 95% CI."""
-    seeds = list(per_seed)
     out: dict[str, Any] = {}
-    for mode, per_setting in per_seed[seeds[0]].items():
+    for mode, per_setting in next(iter(per_seed.values())).items():
+        seeds = [s for s in per_seed if mode in per_seed[s]]  # fine-tuning modes may be run on the first seeds only
         for setting, per_domain in per_setting.items():
             for domain in per_domain:
                 entries = [per_seed[s][mode][setting][domain] for s in seeds]
@@ -713,11 +737,17 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         "training": {}, "adapted_parameters": len(adapted_parameter_names(backbone, args.frozen_layers, args.coverage)),
     }
     runs = [("pretrained", None)] + [(m, s) for m in TRAINED for s in args.training_seeds]
+    finetuned_seeds = args.training_seeds[:args.finetune_seeds]
+    chosen_lr: dict[str, float] = {}  # each method's lr chosen at the first seed
     overall = tqdm(runs, desc="demo runs", disable=args.disable_tqdm)
     for method, seed in overall:
         overall.set_postfix_str(method if seed is None else f"{method} seed {seed}")
         run_dir = out / "runs" / method / ("frozen" if seed is None else f"seed-{seed}")
-        fingerprint = run_fingerprint(args, method, seed)
+        # the controls answer one question (direct ProtoNet); fine-tuning them would only cost time
+        modes = ("direct",) if method in ("dense_expert", "random_mask") or seed not in (None, *finetuned_seeds) \
+            else ("direct", "full", "lora")
+        grid = [chosen_lr[method]] if method in chosen_lr and not args.search_lr_every_seed else None
+        fingerprint = run_fingerprint(args, method, seed, modes, grid)
         run = load_run(run_dir / "result.json", fingerprint)
         if run is None:
             run = {"fingerprint": fingerprint, "method": method, "seed": seed}
@@ -726,11 +756,9 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
                 model, training_args = backbone, training_arguments(args, str(run_dir))
             else:
                 model, training_args, run["training"] = train_method(method, backbone, args, out, train,
-                                                                     sampler_class, training_seed=seed)
+                                                                     sampler_class, training_seed=seed, grid=grid)
             run["training_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            # the controls answer one question (direct ProtoNet); fine-tuning them would only cost time
-            modes = ("direct",) if method in ("dense_expert", "random_mask") else ("direct", "full", "lora")
             run["models"] = evaluate_model(model, method, training_args, domains, sampler_class, args, modes)
             if method == "smat":
                 run["sparsity"] = model.base_model.sparsity_report()
@@ -752,6 +780,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             timings[f"{method}_{phase}_s"] = timings.get(f"{method}_{phase}_s", 0.0) + run.get(f"{phase}_s", 0.0)
         if "training" in run:
             results["training"].setdefault(method, {})[key] = run["training"]
+            chosen_lr.setdefault(method, run["training"]["lr"])
         if method == "smat":
             results.setdefault("sparsity_per_seed", {})[key] = run["sparsity"]
             results.setdefault("diagnostics_per_seed", {})[key] = run["diagnostics"]
@@ -766,7 +795,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     shutil.copytree(out / "runs" / "smat" / f"seed-{first}" / "adapter", staging, dirs_exist_ok=True)
     commit_directory(staging, str(out / "adapter"))
     results["summary"] = {name: summarize_model(r, args, domains) for name, r in results["models"].items()}
-    results["comparisons"] = comparisons(results)
+    results["comparisons"] = [c for mode in ("direct", "full", "lora") for c in comparisons(results, mode=mode)]
     results["claims"] = claims(results)
     timings["total_s"] = time.perf_counter() - start
     results["timings"] = timings
@@ -844,12 +873,12 @@ def format_domain_table(results: dict[str, Any], setting: str = "5w5s", mode: st
 
 def format_comparisons(results: dict[str, Any]) -> str:
     """Markdown: SMAT minus each model, paired per episode (points, 95% bootstrap CI, claim), ID and OOD."""
-    lines = ["| SMAT vs | setting | ID | OOD |", "|---|---|---|---|"]
-    cells: dict[tuple[str, str], dict[str, str]] = {}
+    lines = ["| SMAT vs | mode | setting | ID | OOD |", "|---|---|---|---|---|"]
+    cells: dict[tuple[str, str, str], dict[str, str]] = {}
     for entry in results["comparisons"]:
         low, high = entry["ci95"]
-        cells.setdefault((entry["baseline"], entry["setting"]), {})[entry["group"]] = (
+        cells.setdefault((entry["baseline"], entry["mode"], entry["setting"]), {})[entry["group"]] = (
             f"{entry['difference']:+.1f} [{low:+.1f}, {high:+.1f}] {entry['claim']}")
-    for (baseline, setting), groups in cells.items():
-        lines.append(f"| {baseline} | {setting} | {groups.get('id', '–')} | {groups.get('ood', '–')} |")
+    for (baseline, mode, setting), groups in cells.items():
+        lines.append(f"| {baseline} | {mode} | {setting} | {groups.get('id', '–')} | {groups.get('ood', '–')} |")
     return "\n".join(lines)

@@ -19,7 +19,8 @@ Example:
 >>> import json
 >>> from smat_peft.demo.plots import plot_all
 >>> plot_all(json.load(open("smat-demo/results.json")), "smat-demo")  # doctest: +SKIP
-['smat-demo/sparsity.png', 'smat-demo/expert_weights.png', 'smat-demo/experts.png', 'smat-demo/accuracy.png']
+['smat-demo/sparsity.png', 'smat-demo/expert_weights.png', 'smat-demo/experts.png', 'smat-demo/accuracy.png',
+ 'smat-demo/comparisons.png']
 ```
 """
 
@@ -144,15 +145,56 @@ def plot_accuracy(results: dict[str, Any], path: Union[str, Path], mode: str = "
     return str(path)
 
 
+def plot_comparisons(results: dict[str, Any], path: Union[str, Path]) -> str:
+    """SMAT minus each other model, paired per episode, with bootstrap 95% CIs: one row per comparison, a panel
+    per meta-test mode (ID and OOD side by side)."""
+    comparisons = results["comparisons"]
+    modes = list(dict.fromkeys(c["mode"] for c in comparisons))
+    rows = {mode: list(dict.fromkeys((c["baseline"], c["setting"]) for c in comparisons if c["mode"] == mode))
+            for mode in modes}
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 0.8 + 0.32 * max(map(len, rows.values()))),
+                             squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        labels = rows[mode]
+        for group, color, offset in (("id", "#1f77b4", -0.15), ("ood", "#d62728", 0.15)):
+            for i, (baseline, setting) in enumerate(labels):
+                entry = next((c for c in comparisons if (c["mode"], c["baseline"], c["setting"], c["group"])
+                              == (mode, baseline, setting, group)), None)
+                if entry is None:
+                    continue
+                low, high = entry["ci95"]
+                ax.errorbar(entry["difference"], i + offset, xerr=[[entry["difference"] - low], [high - entry["difference"]]],
+                            fmt="o", color=color, markersize=4, capsize=2, label=group.upper() if i == 0 else None)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(labels)), [f"vs {b}, {s}" for b, s in labels], fontsize=8)
+        ax.set_ylim(max(map(len, rows.values())) - 0.5, -0.5)  # one row height in every panel, top down
+        ax.set_xlabel("SMAT − model (accuracy points, 95% CI)")
+        ax.set_title(mode)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def plot_sweep(results: dict[str, Any], path: Union[str, Path]) -> str:
-    """ID and OOD average accuracy against the sparsity target τ, per setting, with the pre-trained level."""
+    """ID and OOD average accuracy against the sparsity target τ, per setting, with the pre-trained level; the error
+    bars are the 95% CI of the paired difference to the pre-trained backbone (where the sweep recorded it)."""
     taus = sorted(results["sweep"], key=float)
     settings = list(results["sweep"][taus[0]]["summary"])
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         for key, color in (("id", "#1f77b4"), ("ood", "#d62728")):
-            ax.plot([float(t) for t in taus], [results["sweep"][t]["summary"][setting][key] for t in taus], "o-",
-                    color=color, label=f"SMAT {key.upper()}")
+            means = [results["sweep"][t]["summary"][setting][key] for t in taus]
+            errors = [[0.0] * len(taus), [0.0] * len(taus)]
+            for k, t in enumerate(taus):
+                entry = next((c for c in results["sweep"][t].get("vs_pretrained", [])
+                              if c["setting"] == setting and c["group"] == key), None)
+                if entry is not None:
+                    errors[0][k] = entry["difference"] - entry["ci95"][0]
+                    errors[1][k] = entry["ci95"][1] - entry["difference"]
+            ax.errorbar([float(t) for t in taus], means, yerr=errors, fmt="o-", capsize=3, color=color,
+                        label=f"SMAT {key.upper()}")
             ax.axhline(results["pretrained"][setting][key], color=color, linestyle=":", linewidth=1,
                        label=f"pre-trained {key.upper()}")
         ax.set_xlabel("sparsity target τ")
@@ -166,7 +208,8 @@ def plot_sweep(results: dict[str, Any], path: Union[str, Path]) -> str:
 
 
 def plot_all(results: dict[str, Any], out: Union[str, Path]) -> list[str]:
-    """The four plots of a benchmark run, written into `out`; returns their paths."""
+    """The plots of a benchmark run (the paired comparisons' once they are computed), written into `out`; returns
+    their paths."""
     out = Path(out)
     return [
         plot_sparsity(results["sparsity"], out / "sparsity.png"),
@@ -174,4 +217,4 @@ def plot_all(results: dict[str, Any], out: Union[str, Path]) -> list[str]:
                             out / "expert_weights.png"),
         plot_diagnostics(results, out / "experts.png"),
         plot_accuracy(results, out / "accuracy.png"),
-    ]
+    ] + ([plot_comparisons(results, out / "comparisons.png")] if results.get("comparisons") else [])
