@@ -52,3 +52,9 @@ def test_claim_and_bad_input():
         paired_difference([[[1.0]]], [])
     with pytest.raises(ValueError, match="same episodes"):
         paired_difference([[[1.0, 2.0]]], [[[1.0]]])
+
+
+def test_one_episode_per_domain_is_inconclusive_not_a_win():
+    out = paired_difference([[[80.0]], [[70.0]]], [[[60.0]], [[60.0]]], num_bootstrap=200)
+    assert out["difference"] == pytest.approx(15.0) and out["ci95"] == pytest.approx([15.0, 15.0])
+    assert out["claim"] == "inconclusive"  # a point CI from one episode is no evidence

@@ -24,7 +24,8 @@ diff = mean_d  mean_e  ( mean_s a[d][s][e] − mean_s b[d][s][e] )
 episodes within each domain — the same episodes for both methods, which is what pairing buys: the episode-to-episode
 variance cancels — and, when a method has at least `min_seeds_to_resample` seeds, its seeds too (the same seed
 indices for both when both have the same seeds). The claim is `"win"` when the CI lies above 0, `"loss"` when below,
-`"tie"` otherwise.
+`"tie"` otherwise, and `"inconclusive"` when a domain has fewer than 2 episodes (its bootstrap has no spread, so
+the CI would be a point and any difference would read as a win or a loss).
 
 Example:
 
@@ -92,7 +93,8 @@ def paired_difference(a: Scores, b: Scores, num_bootstrap: int = 2000, seed: int
     samples = total / len(a)
     ci95 = [float(samples.quantile(0.025)), float(samples.quantile(0.975))]
     resampled = ["episodes"] + (["seeds"] if resample_a or resample_b else [])
-    return {"difference": difference, "ci95": ci95, "claim": claim(ci95),
+    verdict = claim(ci95) if min(t.shape[1] for t in tables_a) >= 2 else "inconclusive"
+    return {"difference": difference, "ci95": ci95, "claim": verdict,
             "episodes": [int(t.shape[1]) for t in tables_a], "seeds": [seeds_a, seeds_b], "resampled": resampled}
 
 
