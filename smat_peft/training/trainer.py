@@ -236,41 +236,14 @@ class SmatMetaTrainer:
             self.schedulers[name] = make(optimizer, num_warmup_steps=args.warmup_steps, **kwargs)
 
     def _all_reduce_gradients(self) -> None:
-        """Average every optimised gradient across processes, in place: large gradients one by one, small ones in
-        buckets of at most `ALL_REDUCE_BUCKET` elements (no full-size copy of all gradients)."""
+        """Average every optimised gradient across processes, in place ([`all_reduce_mean_`])."""
         if self.accelerator.num_processes == 1:
             return
-        import torch.distributed as dist
-
-        world = self.accelerator.num_processes
         params = [p for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"]]
-        bucket: list[torch.Tensor] = []
-        size = 0
-
-        def flush() -> None:
-            if bucket:
-                flat = torch.cat([g.flatten() for g in bucket])
-                dist.all_reduce(flat)
-                flat.div_(world)
-                offset = 0
-                for g in bucket:
-                    g.copy_(flat[offset: offset + g.numel()].view_as(g))
-                    offset += g.numel()
-            bucket.clear()
-
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            if p.grad.numel() >= ALL_REDUCE_BUCKET:
-                dist.all_reduce(p.grad)
-                p.grad.div_(world)
-                continue
-            bucket.append(p.grad)
-            size += p.grad.numel()
-            if size >= ALL_REDUCE_BUCKET:
-                flush()
-                size = 0
-        flush()
+        all_reduce_mean_([p.grad for p in params], self.accelerator.num_processes)
 
     def _broadcast_initial_state(self) -> None:
         """Every trainable parameter, the routers' buffers and λ from process 0, so replicas start identical
@@ -775,6 +748,39 @@ class SmatMetaTrainer:
         self.global_step = state["global_step"]
         self.best_metric = state["best_metric"]
         self.history = state["history"]
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_elements: int = ALL_REDUCE_BUCKET) -> None:
+    """Average `tensors` across the default process group, in place: those of at least `bucket_elements` elements
+    one by one, smaller ones packed into buckets of about `bucket_elements` — never a full-size copy of them all
+    (`benchmarks/bench_metatrain.py --all-reduce` measures the peak memory against flattening everything)."""
+    import torch.distributed as dist
+
+    bucket: list[torch.Tensor] = []
+    size = 0
+
+    def flush() -> None:
+        if bucket:
+            flat = torch.cat([t.flatten() for t in bucket])
+            dist.all_reduce(flat)
+            flat.div_(world_size)
+            offset = 0
+            for t in bucket:
+                t.copy_(flat[offset: offset + t.numel()].view_as(t))
+                offset += t.numel()
+        bucket.clear()
+
+    for tensor in tensors:
+        if tensor.numel() >= bucket_elements:
+            dist.all_reduce(tensor)
+            tensor.div_(world_size)
+            continue
+        bucket.append(tensor)
+        size += tensor.numel()
+        if size >= bucket_elements:
+            flush()
+            size = 0
+    flush()
 
 
 def _atomic_write_text(path: str, text: str) -> None:
