@@ -168,14 +168,9 @@ def test_pmf_trained_then_evaluated_from_the_command_line(training_assets, tmp_p
     from smat_peft.training.serialization import load_state
 
     root = training_assets
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"train_datasets: ['a={root / 'a'}']\nmax_steps: 2\ntasks_per_update: 1\nways: 5\nshots: 2\nqueries: 2\n"
-        "image_size: 32\nwarmup_steps: 0\neval_steps: 0\nsave_steps: 0\ndisable_tqdm: true\ntest_episodes: 3\n"
-        "dense_lr: 0.01\n"
-    )
+    config = _tiny_run_config(root, tmp_path)
     out = tmp_path / "pmf"
-    assert main(["meta-train", "--config", str(config), "--method", "pmf", "--model_name_or_path", str(root / "vit"),
+    assert main(["meta-train", "--config", str(config), "--method", "pmf", "--dense_lr", "0.01",
                  "--output_dir", str(out)]) == 0
     assert "model written to" in capsys.readouterr().out
     saved = out / "model"
@@ -187,7 +182,7 @@ def test_pmf_trained_then_evaluated_from_the_command_line(training_assets, tmp_p
     initial = AutoModel.from_pretrained(root / "vit").state_dict()
     assert any(not torch.equal(trained[k], initial[k]) for k in trained)  # it did train
     assert main(["evaluate", "--config", str(config), "--method", "pmf", "--model_name_or_path", str(saved),
-                 "--eval_datasets", f"b={root / 'b'}", "--output_dir", str(tmp_path / "pmf-eval")]) == 0
+                 "--test_episodes", "3", "--eval_datasets", f"b={root / 'b'}", "--output_dir", str(tmp_path / "pmf-eval")]) == 0
     table = capsys.readouterr().out
     assert "| a |" in table and "| b |" in table and "OOD average" in table
     evaluation = json.loads((tmp_path / "pmf-eval" / "metrics.json").read_text())["evaluation"]
