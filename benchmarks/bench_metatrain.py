@@ -2,7 +2,12 @@
 
 - SMAT meta-training step ÷ PMF step, with the dense teacher on (target ≤ 4.0) and off (target ≤ 2.5);
 - episode sampling + collation as a share of the update time, with 2 DataLoader workers (target ≤ 10%);
-- peak memory of one training step of each (fresh subprocesses, peak RSS growth).
+- peak memory of one training step of each (fresh subprocesses, peak RSS growth);
+- the gradient all-reduce's peak extra memory, before (every gradient flattened into one buffer, then
+  `accelerator.reduce`, which clones it) and after (`all_reduce_mean_`: in place, small gradients in ~4M-element
+  buckets), on the gradients of the ViT-S SMAT adapter (M = 8), each in a fresh single-process gloo group
+  (NCCL and `torch.cuda.max_memory_allocated` on a GPU); `--all-reduce` runs only this row and updates it in the
+  results JSON.
 
 Backbone: a ViT-S sized model (hidden 384, 12 layers, patch 14, random weights) at 56 and 112 px (the paper
 meta-trains at 128 px); 5-way 5-shot 5-query episodes from synthetic domains; SMAT with M = 8, τ = 0.9 on the
@@ -11,6 +16,7 @@ default targets. SMAT's per-task cost has a part that does not depend on the ima
 
     python benchmarks/bench_metatrain.py           # about 5 minutes on 2 CPU cores
     python benchmarks/bench_metatrain.py --quick   # fewer repeats
+    python benchmarks/bench_metatrain.py --all-reduce   # only the all-reduce memory row (about a minute)
     python benchmarks/bench_metatrain.py --demo    # the demo's own configuration instead (target ≤ 2.5)
 
 `--demo` times one task of SMAT (dense teacher on) and of PMF in the configuration of `smat-peft demo`: the real
@@ -34,6 +40,7 @@ from transformers import ViTConfig, ViTModel
 
 from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model
 from smat_peft.testing import synthetic_domain
+from smat_peft.training.trainer import all_reduce_mean_
 
 
 def backbone(image_size: int) -> ViTModel:
@@ -125,16 +132,102 @@ def memory_worker(method: str) -> dict[str, float]:
     return {"method": method, "resting_MiB": rest / 1024, "peak_step_memory_MiB": (peak - rest) / 1024}
 
 
+def _flatten_all_reduce_mean_(tensors: list[torch.Tensor], world_size: int) -> None:
+    """The all-reduce before `all_reduce_mean_`: one flat copy of every gradient, `accelerator.reduce(flat,
+    "mean")` (which all-reduces a clone of it), copied back."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.flatten() for t in tensors])
+    reduced = flat.clone()  # what accelerate.utils.reduce does
+    dist.all_reduce(reduced)
+    reduced /= world_size
+    offset = 0
+    for t in tensors:
+        t.copy_(reduced[offset: offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def all_reduce_worker(approach: str) -> dict[str, float]:
+    """Peak memory above the resting gradients while averaging the ViT-S SMAT (M = 8) gradients with `approach`
+    ("flatten" or "bucketed") in a single-process group: peak RSS growth on CPU (VmHWM reset via clear_refs, which
+    sees every page the allocator touches), `torch.cuda.max_memory_allocated` growth on a GPU."""
+    import time
+
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29541")
+    dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
+    model = get_smat_model(backbone(56), SmatConfig(num_experts=8, sparsity=0.9))
+    device = "cuda" if cuda else "cpu"
+    grads = [torch.ones_like(p, device=device) for p in model.parameters() if p.requires_grad]
+    del model
+    reduce = _flatten_all_reduce_mean_ if approach == "flatten" else all_reduce_mean_
+    reduce(grads, 1)  # once before measuring: the process group's own first-use buffers
+    if cuda:
+        torch.cuda.synchronize()
+        rest = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        rest = _status_kib("VmRSS") * 1024
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS counter
+    start = time.perf_counter()
+    reduce(grads, 1)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
+    dist.destroy_process_group()
+    gradient_bytes = sum(g.numel() * g.element_size() for g in grads)
+    return {"approach": approach, "device": device, "gradients": len(grads),
+            "gradient_elements": sum(g.numel() for g in grads), "gradient_MiB": gradient_bytes / 2**20,
+            "peak_extra_MiB": (peak - rest) / 2**20, "seconds": seconds}
+
+
+def all_reduce_memory() -> dict[str, dict[str, float]]:
+    """Both all-reduce approaches, each in a fresh subprocess, side by side."""
+    return {approach: json.loads(subprocess.run(
+        [sys.executable, __file__, "--all-reduce-worker", approach], check=True, capture_output=True,
+        text=True).stdout.strip().splitlines()[-1]) for approach in ("flatten", "bucketed")}
+
+
+def _all_reduce_row(memory: dict[str, dict[str, float]]) -> str:
+    before, after = memory["flatten"], memory["bucketed"]
+    return (f"| gradient all-reduce peak extra memory, flatten + reduce (before) / bucketed in place (after), "
+            f"{before['gradient_MiB']:.0f} MiB of ViT-S SMAT gradients ({before['device']}) | "
+            f"{before['peak_extra_MiB']:.0f} / {after['peak_extra_MiB']:.0f} MiB | reported |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_metatrain.json"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[56, 112], help="image sizes to time (px)")
     parser.add_argument("--demo", action="store_true", help="time the demo's configuration instead (real assets)")
+    parser.add_argument("--all-reduce", action="store_true",
+                        help="only measure the all-reduce memory row, and update it in --output")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--all-reduce-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
         print(json.dumps(memory_worker(args.memory_worker)))
+        return
+    if args.all_reduce_worker:
+        print(json.dumps(all_reduce_worker(args.all_reduce_worker)))
+        return
+    if args.all_reduce:
+        results = {}
+        if os.path.exists(args.output):
+            with open(args.output) as f:
+                results = json.load(f)
+        results["all_reduce_memory"] = all_reduce_memory()
+        os.makedirs(os.path.dirname(args.output), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
+        print("\n| measure | value | target |\n|---|---|---|\n" + _all_reduce_row(results["all_reduce_memory"]))
+        print(f"\nwritten to {args.output}")
         return
     if args.demo:
         results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
@@ -160,6 +253,7 @@ def main() -> None:
         "memory": [json.loads(subprocess.run([sys.executable, __file__, "--memory-worker", m], check=True,
                                              capture_output=True, text=True).stdout.strip().splitlines()[-1])
                    for m in ("pmf", "smat", "smat_no_teacher")],
+        "all_reduce_memory": all_reduce_memory(),
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
@@ -172,6 +266,7 @@ def main() -> None:
     print(f"| episode sampling + collation share of update time (2 workers) | {100 * results['data']['data_share']:.1f}% | ≤ 10% |")
     for m in results["memory"]:
         print(f"| peak memory of a training step, {m['method']} | {m['peak_step_memory_MiB']:.0f} MiB | reported |")
+    print(_all_reduce_row(results["all_reduce_memory"]))
     for size, t in times.items():
         print(f"| step time at {size} px: PMF / SMAT / SMAT no teacher | {t['pmf']:.2f} s / {t['smat']:.2f} s / "
               f"{t['smat_no_teacher']:.2f} s | reported |")

@@ -359,10 +359,12 @@ def run_meta_train(args: argparse.Namespace) -> int:
     trainer = SmatMetaTrainer(model, training_args, train_datasets=load_domains(data_args.train_datasets),
                               eval_datasets=load_domains(data_args.eval_datasets), image_processor=processor)
     metrics = trainer.train()
-    if trainer.is_smat and trainer.accelerator.is_main_process:
-        trainer._save_adapter(os.path.join(training_args.output_dir, "adapter"))
+    # SMAT: the adapter (evaluate --adapter_name_or_path); PMF: the whole backbone (evaluate --model_name_or_path)
+    saved = os.path.join(training_args.output_dir, "adapter" if trainer.is_smat else "model")
+    trainer.save_model(saved)
     _print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
-    _print(f"adapter and metrics.json written to {training_args.output_dir}")
+    _print(f"{'adapter' if trainer.is_smat else 'model'} written to {saved}, metrics.json to "
+           f"{training_args.output_dir}")
     return 0
 
 

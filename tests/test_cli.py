@@ -162,6 +162,33 @@ def test_meta_train_then_evaluate_from_the_command_line(training_assets, tmp_pat
     assert evaluation["domains"]["b"]["direct"]["episodes"] == 3
 
 
+def test_pmf_trained_then_evaluated_from_the_command_line(training_assets, tmp_path, capsys):
+    from transformers import AutoModel
+
+    from smat_peft.training.serialization import load_state
+
+    root = training_assets
+    config = _tiny_run_config(root, tmp_path)
+    out = tmp_path / "pmf"
+    assert main(["meta-train", "--config", str(config), "--method", "pmf", "--dense_lr", "0.01",
+                 "--output_dir", str(out)]) == 0
+    assert "model written to" in capsys.readouterr().out
+    saved = out / "model"
+    assert (saved / "config.json").exists() and (saved / "model.safetensors").exists()
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.bin"))  # nothing pickled
+    trained = AutoModel.from_pretrained(saved).state_dict()  # what `evaluate --model_name_or_path` loads
+    checkpoint = load_state(str(out / "checkpoint-2" / "adapter"), "model_state")  # the trainer's own copy
+    assert trained.keys() == checkpoint.keys() and all(torch.equal(trained[k], checkpoint[k]) for k in trained)
+    initial = AutoModel.from_pretrained(root / "vit").state_dict()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)  # it did train
+    assert main(["evaluate", "--config", str(config), "--method", "pmf", "--model_name_or_path", str(saved),
+                 "--test_episodes", "3", "--eval_datasets", f"b={root / 'b'}", "--output_dir", str(tmp_path / "pmf-eval")]) == 0
+    table = capsys.readouterr().out
+    assert "| a |" in table and "| b |" in table and "OOD average" in table
+    evaluation = json.loads((tmp_path / "pmf-eval" / "metrics.json").read_text())["evaluation"]
+    assert evaluation["domains"]["b"]["direct"]["episodes"] == 3
+
+
 def test_unknown_config_keys_are_refused(training_assets, tmp_path, capsys):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"max_stepz": 3}))

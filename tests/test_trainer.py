@@ -156,45 +156,112 @@ def test_fine_tuning_modes_pick_the_learning_rate_on_validation_episodes(tmp_pat
 
 
 TWO_PROCESS_SCRIPT = r"""
-import sys, torch
+import argparse, json, os, sys, torch
 sys.path.insert(0, {tests!r})
 from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model
 from tiny_data import synthetic_domain
 from tiny_models import make_tiny_model
-import os
-tasks = int(sys.argv[1])
+parser = argparse.ArgumentParser()
+parser.add_argument("tasks", type=int)
+parser.add_argument("out")
+parser.add_argument("--stop_at", type=int, default=None)  # die (cleanly, on every process) when this update starts
+parser.add_argument("--resume", action="store_true")
+parser.add_argument("--evaluate", default=None)  # after training, meta-test these adapter weights
+cli = parser.parse_args()
+
+
+class Stopped(Exception):
+    pass
+
+
+class StoppingTrainer(SmatMetaTrainer):
+    def _start_update(self, u):
+        if u == cli.stop_at:
+            raise Stopped
+        super()._start_update(u)
+
+
 model = get_smat_model(make_tiny_model("vit", seed=0), SmatConfig(num_experts=4, sparsity=0.9))
 if os.environ.get("RANK") == "1":  # a replica that initialised differently: process 0's state must win
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p))
-args = MetaTrainingArguments(output_dir=sys.argv[2], max_steps=3, tasks_per_update=tasks, ways=5, shots=2, queries=3,
-    image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3, eval_steps=0,
-    save_steps=0, logging_steps=1, disable_tqdm=True, augment=False)
-trainer = SmatMetaTrainer(model, args, train_datasets={{"a": synthetic_domain(40, 8, seed=0)}})
-trainer.train()
-if trainer.accelerator.is_main_process:
-    torch.save({{k: v for k, v in model.state_dict().items() if "smat_" in k}}, sys.argv[2] + "/state.pt")
+args = MetaTrainingArguments(output_dir=cli.out, max_steps=3, tasks_per_update=cli.tasks, ways=5, shots=2, queries=3,
+    image_size=32, warmup_steps=0, delta_lr=0.05, mask_lr=3000.0, lagrangian_lr=5.0, router_lr=1e-3, eval_steps=3,
+    eval_episodes=3, save_steps=1, logging_steps=1, disable_tqdm=True, augment=False, test_episodes=5,
+    finetune_steps=2, finetune_lr_grid=[0.0, 1e-3], finetune_search_episodes=3)
+train = {{"a": synthetic_domain(40, 8, seed=0)}}
+trainer = StoppingTrainer(model, args, train_datasets=train, eval_datasets={{"c": synthetic_domain(40, 8, seed=2)}})
+try:
+    trainer.train(resume_from_checkpoint="latest" if cli.resume else None)
+except Stopped:
+    sys.exit(0)
+main = trainer.accelerator.is_main_process
+if main:
+    torch.save({{k: v for k, v in model.state_dict().items() if "smat_" in k}}, cli.out + "/state.pt")
+    with open(cli.out + "/validation.json", "w") as f:
+        json.dump([h["validation_accuracy"] for h in trainer.history if "validation_accuracy" in h], f)
+if cli.evaluate:  # the same weights on every run, so that meta-test results can be compared exactly
+    model.load_state_dict(torch.load(cli.evaluate), strict=False)
+    results = {{"smat": trainer.evaluate(modes=("direct", "full", "lora")),
+               "pretrained": SmatMetaTrainer(make_tiny_model("vit", seed=0), args, train_datasets=train).evaluate(
+                   modes=("direct",))}}
+    # every process holds the whole results
+    with open(f"{{cli.out}}/evaluation-{{trainer.accelerator.process_index}}.json", "w") as f:
+        json.dump(results, f)
 """
 
 
-def test_two_processes_match_one_process_with_two_tasks_per_update(tmp_path):
-    """Broadcast from process 0 at start, bucketed all-reduce of the gradients: 2 processes × 1 task == 1 × 2."""
+def _run_script(tmp_path, processes, *arguments):
     script = tmp_path / "train.py"
     script.write_text(TWO_PROCESS_SCRIPT.format(tests=TESTS_DIR))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(script), "2", str(tmp_path / "one")], capture_output=True,
-                            text=True, timeout=300, env=env)
-    assert single.returncode == 0, single.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    double = subprocess.run(torchrun + [str(script), "1", str(tmp_path / "two")], capture_output=True, text=True,
-                            timeout=300, env=env)
-    assert double.returncode == 0, double.stderr[-3000:]
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29533"]
+    done = subprocess.run(launcher + [str(script), *map(str, arguments)], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_processes_match_one_process_with_two_tasks_per_update(tmp_path):
+    """Broadcast from process 0 at start, bucketed all-reduce of the gradients: 2 processes × 1 task == 1 × 2;
+    meta-test split across the 2 processes (episodes r::2) and gathered == 1 process, exactly, on both."""
+    _run_script(tmp_path, 1, 2, tmp_path / "one", "--evaluate", tmp_path / "one" / "state.pt")
+    _run_script(tmp_path, 2, 1, tmp_path / "two", "--evaluate", tmp_path / "one" / "state.pt")
     one, two = torch.load(tmp_path / "one" / "state.pt"), torch.load(tmp_path / "two" / "state.pt")
     for key in one:
         # same episodes and noise; only the order of the floating-point gradient sums differs
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), (key, (one[key] - two[key]).abs().max())
+    reference = json.loads((tmp_path / "one" / "evaluation-0.json").read_text())
+    assert reference["smat"]["domains"]["c"]["direct"]["episodes"] == 5  # odd: the shards differ in size
+    for rank in (0, 1):
+        assert json.loads((tmp_path / "two" / f"evaluation-{rank}.json").read_text()) == reference, rank
+    # validation during training, split and gathered too (the weights differ by summation order only)
+    validation = [json.loads((tmp_path / run / "validation.json").read_text()) for run in ("one", "two")]
+    assert len(validation[0]) == 1 and validation[0] == pytest.approx(validation[1])
+
+
+def test_two_process_resume_matches_the_uninterrupted_two_process_run(tmp_path):
+    """2 processes stopped after update 2 (checkpoint-2 saved), resumed under 2 processes == 2 processes through."""
+    _run_script(tmp_path, 2, 1, tmp_path / "through")
+    _run_script(tmp_path, 2, 1, tmp_path / "resumed", "--stop_at", 2)
+    assert (tmp_path / "resumed" / "checkpoint-2").is_dir() and not (tmp_path / "resumed" / "state.pt").exists()
+    _run_script(tmp_path, 2, 1, tmp_path / "resumed", "--resume")
+    through, resumed = torch.load(tmp_path / "through" / "state.pt"), torch.load(tmp_path / "resumed" / "state.pt")
+    assert through.keys() == resumed.keys()
+    for key in through:
+        assert torch.equal(through[key], resumed[key]), (key, (through[key] - resumed[key]).abs().max())
+    # a checkpoint of 2 processes × 1 task per update, resumed by 1 process × 1 task: refused before anything loads
+    model = smat_model()
+    before = adapter_state(model)
+    trainer = SmatMetaTrainer(model, arguments(tmp_path / "resumed", max_steps=3, tasks_per_update=1),
+                              train_datasets={"a": synthetic_domain(40, 8, seed=0)})
+    with pytest.raises(ValueError, match=r"world_size=2 .*tasks_per_update=1.*--num_processes 2.*--tasks_per_update"):
+        trainer.train(resume_from_checkpoint="latest")
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in adapter_state(model).items())
 
 
 def test_one_dense_expert_control_trains_delta_with_masks_fixed(tmp_path, domains):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,9 +91,21 @@ def _lora_targets(model: nn.Module) -> Any:
 
 def finetuned_accuracy(model: nn.Module, episode, args: MetaTrainingArguments, is_smat: bool, mode: str,
                        lr: float) -> float:
-    """Fine-tune a copy of the task model on the support set (`full` or `lora`), then ProtoNet on the queries."""
+    """Fine-tune a copy of the task model on the support set (`full` or `lora`), then ProtoNet on the queries.
+
+    Torch's RNG (LoRA's initialisation, dropout) is seeded from the episode's index and restored afterwards, so an
+    episode's accuracy does not depend on which episodes were evaluated before it (nor on which process runs it).
+    """
     if lr == 0.0:
         return direct_accuracy(model, episode, args, is_smat)
+    devices = [torch.cuda.current_device()] if episode.support_pixel_values.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(args.seed * 1_000_003 + episode.index)
+        return _finetuned_accuracy(model, episode, args, is_smat, mode, lr)
+
+
+def _finetuned_accuracy(model: nn.Module, episode, args: MetaTrainingArguments, is_smat: bool, mode: str,
+                        lr: float) -> float:
     xs, ys = episode.support_pixel_values, episode.support_labels
     if is_smat:
         task_model = model.base_model.merge_task(xs, ys)
@@ -126,7 +138,6 @@ def finetuned_accuracy(model: nn.Module, episode, args: MetaTrainingArguments, i
         return _protonet_accuracy(task_model, episode, args.protonet_scale)
 
 
-@torch.no_grad()
 def frozen_direct_scores(model: nn.Module, sampler, args: MetaTrainingArguments, batch_size: int = 128,
                          disable_tqdm: bool = True, cache: Optional[dict] = None) -> dict[str, list[float]]:
     """Direct ProtoNet accuracy per episode, by domain, for a model whose weights do not depend on the task.
@@ -135,8 +146,21 @@ def frozen_direct_scores(model: nn.Module, sampler, args: MetaTrainingArguments,
     numbers as `direct_accuracy` per episode, many times faster when episodes share images. Pass the same `cache`
     dict to samplers over the same datasets (e.g. several settings) to embed each image once across them.
     """
+    scores: dict[str, list[float]] = {}
+    for domain, accuracy in frozen_episode_scores(model, sampler, args, range(len(sampler)), batch_size,
+                                                  disable_tqdm, cache):
+        scores.setdefault(domain, []).append(accuracy)
+    return scores
+
+
+@torch.no_grad()
+def frozen_episode_scores(model: nn.Module, sampler, args: MetaTrainingArguments, indices: Sequence[int],
+                          batch_size: int = 128, disable_tqdm: bool = True,
+                          cache: Optional[dict] = None) -> list[tuple[str, float]]:
+    """`(domain, direct accuracy)` of the sampler's episodes `indices`, in that order, embedding each of their
+    images once (see [`frozen_direct_scores`])."""
     device = next(model.parameters()).device
-    plans = [sampler.plan(i) for i in range(len(sampler))]
+    plans = [sampler.plan(i) for i in indices]
     rows_by_domain: dict[str, list[int]] = {}
     for plan in plans:
         rows_by_domain.setdefault(plan.domain, []).extend(r for part in (plan.support_rows, plan.query_rows)
@@ -148,7 +172,7 @@ def frozen_direct_scores(model: nn.Module, sampler, args: MetaTrainingArguments,
         for i in tqdm(range(0, len(unique), batch_size), desc=f"embedding {domain}", disable=disable_tqdm):
             chunk = unique[i:i + batch_size]
             table.update(zip(chunk, default_features(model, sampler.pixel_values(domain, chunk).to(device)).float()))
-    scores: dict[str, list[float]] = {}
+    scores = []
     for plan in plans:
         table = features[plan.domain]
         support = torch.stack([table[r] for rows in plan.support_rows for r in rows])
@@ -157,7 +181,7 @@ def frozen_direct_scores(model: nn.Module, sampler, args: MetaTrainingArguments,
                   for part in (plan.support_rows, plan.query_rows)]
         prototypes = class_prototypes(support, labels[0], plan.ways)
         logits = cosine_logits(query, prototypes, args.protonet_scale)
-        scores.setdefault(plan.domain, []).append((logits.argmax(-1) == labels[1]).float().mean().item())
+        scores.append((plan.domain, (logits.argmax(-1) == labels[1]).float().mean().item()))
     return scores
 
 
@@ -177,11 +201,37 @@ def task_independent_model(model: nn.Module, episode) -> Optional[nn.Module]:
     return smat.merge_task(episode.support_pixel_values, episode.support_labels).eval()
 
 
-def search_learning_rate(model, sampler, args, is_smat: bool, mode: str) -> tuple[float, dict[float, float]]:
-    """The learning rate of `finetune_lr_grid` with the best mean query accuracy on the validation episodes."""
+def shard(num_episodes: int, process_index: int = 0, num_processes: int = 1) -> range:
+    """The episode indices process `process_index` of `num_processes` evaluates: every `num_processes`-th one."""
+    return range(process_index, num_episodes, num_processes)
+
+
+def gather_in_order(indices: Sequence[int], values: Sequence[Any], num_processes: int = 1) -> list[Any]:
+    """Every process's `values` (those of its episodes `indices`), on every process, in episode order.
+
+    With one process, `values` as they are; with several, Accelerate's `gather_object` (a collective: every process
+    calls it, in the same order).
+    """
+    if num_processes == 1:
+        return list(values)
+    from accelerate.utils import gather_object
+
+    records = gather_object(list(zip(indices, values)))
+    return [value for _, value in sorted(records, key=lambda record: record[0])]
+
+
+def search_learning_rate(model, sampler, args, is_smat: bool, mode: str, process_index: int = 0,
+                         num_processes: int = 1) -> tuple[float, dict[float, float]]:
+    """The learning rate of `finetune_lr_grid` with the best mean query accuracy on the validation episodes.
+
+    With several processes each fine-tunes its share of the episodes ([`shard`]); the sums are taken in episode
+    order, so every process picks what one process would.
+    """
+    indices = shard(len(sampler), process_index, num_processes)
     scores = {}
     for lr in args.finetune_lr_grid:
-        scores[lr] = sum(finetuned_accuracy(model, sampler[i], args, is_smat, mode, lr) for i in range(len(sampler)))
+        values = [finetuned_accuracy(model, sampler[i], args, is_smat, mode, lr) for i in indices]
+        scores[lr] = sum(gather_in_order(indices, values, num_processes))
     return max(scores, key=lambda lr: (scores[lr], -lr)), {lr: s / len(sampler) for lr, s in scores.items()}
 
 
@@ -195,12 +245,18 @@ def evaluate_episodes(
     disable_tqdm: bool = False,
     description: str = "meta-test",
     learning_rates: Optional[dict[str, float]] = None,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Accuracy (mean ± 95% CI, percent) per domain and mode over the sampler's fixed episodes.
 
     Fine-tuning modes use `learning_rates[mode]` when given, else search `finetune_lr_grid` on `search_sampler`.
     A model whose weights do not depend on the task (not SMAT, or SMAT with one expert: [`task_independent_model`])
-    embeds each image once in `direct` mode ([`frozen_direct_scores`]) unless the sampler augments.
+    embeds each image once in `direct` mode ([`frozen_episode_scores`]) unless the sampler augments.
+
+    Data parallel: with `num_processes` > 1 (every process calls this), process `process_index` evaluates every
+    `num_processes`-th episode and the per-episode scores are gathered back in episode order on every process, so
+    each returns exactly what one process would.
     """
     if is_smat is None:
         is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
@@ -213,27 +269,16 @@ def evaluate_episodes(
         if mode in ("full", "lora") and mode not in learning_rates:
             if search_sampler is None:
                 raise ValueError(f"Mode {mode!r} needs validation episodes to pick its learning rate.")
-            learning_rates[mode], searches[mode] = search_learning_rate(model, search_sampler, args, is_smat, mode)
-    device = next(model.parameters()).device
-    scores: dict[str, dict[str, list[float]]] = {}
-    per_episode = list(modes)
-    frozen = task_independent_model(model, sampler[0].to(device)) if "direct" in modes and not sampler.augment \
-        else None
-    if frozen is not None:
-        per_episode.remove("direct")
-        for domain, values in frozen_direct_scores(frozen, sampler, args, disable_tqdm=disable_tqdm).items():
-            scores.setdefault(domain, {m: [] for m in modes})["direct"] = values
-    if per_episode:
-        for index in tqdm(range(len(sampler)), desc=description, disable=disable_tqdm):
-            episode = sampler[index].to(device)
-            domain_scores = scores.setdefault(episode.domain, {m: [] for m in modes})
-            for mode in per_episode:
-                if mode == "direct":
-                    accuracy = direct_accuracy(model, episode, args, is_smat)
-                else:
-                    accuracy = finetuned_accuracy(model, episode, args, is_smat, mode, learning_rates[mode])
-                domain_scores[mode].append(accuracy)
+            learning_rates[mode], searches[mode] = search_learning_rate(model, search_sampler, args, is_smat, mode,
+                                                                        process_index, num_processes)
+    indices = shard(len(sampler), process_index, num_processes)
+    rows = _episode_rows(model, sampler, args, modes, is_smat, learning_rates, indices, disable_tqdm, description)
     model.train(was_training)
+    scores: dict[str, dict[str, list[float]]] = {}
+    for domain, accuracies in gather_in_order(indices, rows, num_processes):
+        domain_scores = scores.setdefault(domain, {m: [] for m in modes})
+        for mode in modes:
+            domain_scores[mode].append(accuracies[mode])
     results = {}
     for domain, per_mode in scores.items():
         results[domain] = {mode: mean_ci95(values) for mode, values in per_mode.items()}
@@ -243,6 +288,32 @@ def evaluate_episodes(
                 if mode in searches:
                     results[domain][mode]["lr_search"] = {str(k): v for k, v in searches[mode].items()}
     return results
+
+
+def _episode_rows(model, sampler, args, modes: tuple[str, ...], is_smat: bool, learning_rates: dict[str, float],
+                  indices: Sequence[int], disable_tqdm: bool, description: str) -> list[tuple[str, dict[str, float]]]:
+    """`(domain, {mode: accuracy})` of the episodes `indices`, in that order."""
+    device = next(model.parameters()).device
+    per_episode = list(modes)
+    domains: list[str] = [""] * len(indices)
+    accuracies: list[dict[str, float]] = [{} for _ in indices]
+    frozen = task_independent_model(model, sampler[0].to(device)) if "direct" in modes and not sampler.augment \
+        else None
+    if frozen is not None:
+        per_episode.remove("direct")
+        for k, (domain, accuracy) in enumerate(frozen_episode_scores(frozen, sampler, args, indices,
+                                                                     disable_tqdm=disable_tqdm)):
+            domains[k], accuracies[k]["direct"] = domain, accuracy
+    if per_episode:
+        for k, index in enumerate(tqdm(indices, desc=description, disable=disable_tqdm)):
+            episode = sampler[index].to(device)
+            domains[k] = episode.domain
+            for mode in per_episode:
+                if mode == "direct":
+                    accuracies[k][mode] = direct_accuracy(model, episode, args, is_smat)
+                else:
+                    accuracies[k][mode] = finetuned_accuracy(model, episode, args, is_smat, mode, learning_rates[mode])
+    return list(zip(domains, accuracies))
 
 
 def summarize(domains: dict[str, dict[str, Any]], in_domain: set, modes: Iterable[str]) -> dict[str, Any]:

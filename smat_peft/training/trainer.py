@@ -236,41 +236,14 @@ class SmatMetaTrainer:
             self.schedulers[name] = make(optimizer, num_warmup_steps=args.warmup_steps, **kwargs)
 
     def _all_reduce_gradients(self) -> None:
-        """Average every optimised gradient across processes, in place: large gradients one by one, small ones in
-        buckets of at most `ALL_REDUCE_BUCKET` elements (no full-size copy of all gradients)."""
+        """Average every optimised gradient across processes, in place ([`all_reduce_mean_`])."""
         if self.accelerator.num_processes == 1:
             return
-        import torch.distributed as dist
-
-        world = self.accelerator.num_processes
         params = [p for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"]]
-        bucket: list[torch.Tensor] = []
-        size = 0
-
-        def flush() -> None:
-            if bucket:
-                flat = torch.cat([g.flatten() for g in bucket])
-                dist.all_reduce(flat)
-                flat.div_(world)
-                offset = 0
-                for g in bucket:
-                    g.copy_(flat[offset: offset + g.numel()].view_as(g))
-                    offset += g.numel()
-            bucket.clear()
-
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            if p.grad.numel() >= ALL_REDUCE_BUCKET:
-                dist.all_reduce(p.grad)
-                p.grad.div_(world)
-                continue
-            bucket.append(p.grad)
-            size += p.grad.numel()
-            if size >= ALL_REDUCE_BUCKET:
-                flush()
-                size = 0
-        flush()
+        all_reduce_mean_([p.grad for p in params], self.accelerator.num_processes)
 
     def _broadcast_initial_state(self) -> None:
         """Every trainable parameter, the routers' buffers and λ from process 0, so replicas start identical
@@ -427,7 +400,10 @@ class SmatMetaTrainer:
             self._validate()
         if args.load_best_model_at_end and self.best_metric is not None:
             self._load_weights(os.path.join(args.output_dir, "best"))
-        self.accelerator.end_training()
+        # not `accelerator.end_training()`: it also destroys the process group, which evaluate() and save_model()
+        # still need under several processes
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
         self._write_metrics()
         return self.history[-1] if self.history else {}
 
@@ -472,7 +448,7 @@ class SmatMetaTrainer:
         was_training = self.model.training
         sampler = self._sampler(self.train_datasets, "validation", self.args.eval_episodes, seed=self.args.seed + 1)
         per_domain = evaluate_episodes(self.model, sampler, self.args, modes=("direct",), is_smat=self.is_smat,
-                                       disable_tqdm=True)
+                                       disable_tqdm=True, **self._evaluation_shard())
         accuracy = sum(d["direct"]["mean"] for d in per_domain.values()) / len(per_domain)
         self._log({"step": self.global_step, "validation_accuracy": accuracy})
         if self.best_metric is None or accuracy > self.best_metric:
@@ -482,12 +458,18 @@ class SmatMetaTrainer:
         self.model.train(was_training)
         return accuracy
 
+    def _evaluation_shard(self) -> dict[str, int]:
+        """Each process evaluates every `num_processes`-th episode; `evaluate_episodes` gathers the scores."""
+        return {"process_index": self.accelerator.process_index, "num_processes": self.accelerator.num_processes}
+
     def evaluate(self, datasets: Optional[Mapping[str, Any]] = None, modes: Optional[tuple[str, ...]] = None,
                  split: str = "test") -> dict[str, Any]:
         """Meta-test over fixed episodes per domain: accuracy mean ± 95% CI per domain and mode, ID/OOD averages.
 
         Training domains (their held-out test classes) count as in-domain, `eval_datasets` as out-of-domain.
-        Fine-tuning modes pick their learning rate per domain on validation episodes, never on test ones.
+        Fine-tuning modes pick their learning rate per domain on validation episodes, never on test ones. Under
+        several processes each evaluates 1/`num_processes` of the episodes and every process returns the results
+        of one process (per-episode scores gathered in episode order).
         """
         modes = tuple(modes or self.args.eval_modes)
         domains = dict(datasets) if datasets is not None else {**self.train_datasets, **self.eval_datasets}
@@ -500,7 +482,8 @@ class SmatMetaTrainer:
                                        seed=self.args.seed + 3)
             results["domains"][name] = evaluate_episodes(
                 self.model, sampler, self.args, modes=modes, is_smat=self.is_smat, search_sampler=search,
-                disable_tqdm=self.args.disable_tqdm, description=f"meta-test {name}",
+                disable_tqdm=self.args.disable_tqdm or not self.accelerator.is_local_main_process,
+                description=f"meta-test {name}", **self._evaluation_shard(),
             )[name]
         results.update(summarize(results["domains"], in_domain=set(self.train_datasets), modes=modes))
         self._write_metrics({"evaluation": results})
@@ -508,6 +491,31 @@ class SmatMetaTrainer:
 
     # ------------------------------------------------------------------------------------------------------------
     # checkpoints
+    def save_model(self, directory: str) -> None:
+        """Save the trained model where `from_pretrained` (and `smat-peft evaluate`) loads it: a SMAT adapter in peft's
+        format (`--adapter_name_or_path`), a dense (PMF) backbone whole in transformers' format — `config.json`,
+        `model.safetensors` and the image processor, if any (`--model_name_or_path`). Crash-safe; process 0 writes.
+        """
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        if self.is_smat:
+            self.model.save_pretrained(directory)  # atomic and checksummed (smat_peft.integrity)
+            return
+        if not hasattr(self.model, "save_pretrained"):
+            raise TypeError(
+                f"A dense {type(self.model).__name__} has no `save_pretrained`: save it with `torch.save` / "
+                "safetensors yourself, or train a transformers model."
+            )
+        staging = staging_directory(directory)
+        try:
+            self.model.save_pretrained(staging, safe_serialization=True)
+            if self.image_processor is not None:
+                self.image_processor.save_pretrained(staging)
+            commit_directory(staging, directory)
+        finally:
+            discard_staging(staging, directory)
+
     def _save_adapter(self, directory: str) -> None:
         """Save the adapter (SMAT) or the whole model (PMF) to `directory`; crash-safe, no pickle."""
         if self.is_smat:
@@ -681,6 +689,32 @@ class SmatMetaTrainer:
             logger.warning(message)
             warnings.warn(message, UserWarning, stacklevel=3)
 
+    def _unresumable(self, checkpoint: str, error: Exception) -> RuntimeError:
+        return RuntimeError(
+            f"Cannot resume from checkpoint {checkpoint!r}: it is incomplete or corrupt ({type(error).__name__}: "
+            f"{error}). Resume from an earlier checkpoint-N directory in {self.args.output_dir!r}, or start anew."
+        )
+
+    def _check_resumable(self, checkpoint: str, state: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint this launch cannot continue exactly: another number of tasks per update (processes ×
+        `tasks_per_update`: the episode stream and the gradient average depend on it), or another mixed precision."""
+        world, tasks = state.get("world_size", 1), state.get("tasks_per_update", 1)
+        if world * tasks != self.accelerator.num_processes * self.args.tasks_per_update:
+            raise ValueError(
+                f"Checkpoint {checkpoint!r} was made with world_size={world} process(es) × tasks_per_update={tasks} "
+                f"= {world * tasks} tasks per update; this launch has world_size={self.accelerator.num_processes} × "
+                f"tasks_per_update={self.args.tasks_per_update}. Resume with {world} process(es) (`accelerate launch "
+                f"--num_processes {world}` / `torchrun --nproc_per_node {world}`) and `--tasks_per_update {tasks}`, "
+                f"or any processes × tasks_per_update = {world * tasks}; nothing was loaded."
+            )
+        precision = state.get("mixed_precision", "no")
+        if precision != self.accelerator.mixed_precision:
+            raise ValueError(
+                f"Checkpoint {checkpoint!r} was trained with mixed_precision={precision!r}, this run uses "
+                f"{self.accelerator.mixed_precision!r}: resume with `--mixed_precision {precision}` (or your launch "
+                "configuration's equivalent), or start anew in another --output_dir."
+            )
+
     def _load_checkpoint(self, checkpoint: Union[str, bool]) -> None:
         self._build_optimizers()
         if checkpoint is True or checkpoint == "latest":
@@ -691,31 +725,17 @@ class SmatMetaTrainer:
                     "`resume_from_checkpoint`, or pass a checkpoint directory."
                 )
         checkpoint = os.fspath(checkpoint)
-        adapter_dir = os.path.join(checkpoint, "adapter")
         try:
             recover_directory(checkpoint)
             state = self._read_state(checkpoint)
-            self._load_weights(adapter_dir)
         except Exception as error:  # report, never silently start over
-            raise RuntimeError(
-                f"Cannot resume from checkpoint {checkpoint!r}: it is incomplete or corrupt ({type(error).__name__}: "
-                f"{error}). Resume from an earlier checkpoint-N directory in {self.args.output_dir!r}, or start anew."
-            ) from error
-        if state.get("world_size", 1) * state.get("tasks_per_update", 1) != (
-            self.accelerator.num_processes * self.args.tasks_per_update
-        ):
-            raise ValueError(
-                f"Checkpoint {checkpoint!r} was made with {state['world_size']} process(es) × "
-                f"{state['tasks_per_update']} tasks per update; resume with the same number of tasks per update."
-            )
+            raise self._unresumable(checkpoint, error) from error
+        self._check_resumable(checkpoint, state)  # before the model or any optimizer is touched
+        try:
+            self._load_weights(os.path.join(checkpoint, "adapter"))
+        except Exception as error:
+            raise self._unresumable(checkpoint, error) from error
         self._warn_changed_arguments(checkpoint, state.get("arguments"))
-        precision = state.get("mixed_precision", "no")
-        if precision != self.accelerator.mixed_precision:
-            raise ValueError(
-                f"Checkpoint {checkpoint!r} was trained with mixed_precision={precision!r}, this run uses "
-                f"{self.accelerator.mixed_precision!r}: resume with `--mixed_precision {precision}` (or your launch "
-                "configuration's equivalent), or start anew in another --output_dir."
-            )
         if self.accelerator.scaler is not None and state.get("scaler"):
             self.accelerator.scaler.load_state_dict(state["scaler"])
         for name, optimizer in self.optimizers.items():
@@ -728,6 +748,39 @@ class SmatMetaTrainer:
         self.global_step = state["global_step"]
         self.best_metric = state["best_metric"]
         self.history = state["history"]
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_elements: int = ALL_REDUCE_BUCKET) -> None:
+    """Average `tensors` across the default process group, in place: those of at least `bucket_elements` elements
+    one by one, smaller ones packed into buckets of about `bucket_elements` — never a full-size copy of them all
+    (`benchmarks/bench_metatrain.py --all-reduce` measures the peak memory against flattening everything)."""
+    import torch.distributed as dist
+
+    bucket: list[torch.Tensor] = []
+    size = 0
+
+    def flush() -> None:
+        if bucket:
+            flat = torch.cat([t.flatten() for t in bucket])
+            dist.all_reduce(flat)
+            flat.div_(world_size)
+            offset = 0
+            for t in bucket:
+                t.copy_(flat[offset: offset + t.numel()].view_as(t))
+                offset += t.numel()
+        bucket.clear()
+
+    for tensor in tensors:
+        if tensor.numel() >= bucket_elements:
+            dist.all_reduce(tensor)
+            tensor.div_(world_size)
+            continue
+        bucket.append(tensor)
+        size += tensor.numel()
+        if size >= bucket_elements:
+            flush()
+            size = 0
+    flush()
 
 
 def _atomic_write_text(path: str, text: str) -> None:
