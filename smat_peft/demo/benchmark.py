@@ -636,7 +636,7 @@ def prepare(args: DemoArguments) -> tuple[dict, nn.Module, type, str]:
     backbone_dir = str(assets.build_backbone(args.cache_dir))
     backbone = Dinov2Model.from_pretrained(backbone_dir).eval()
     activations = cached_prefix_activations(
-        backbone, domains, backbone_dir=backbone_dir, cache=assets._resolve_cache(args.cache_dir) / "activations",
+        backbone, domains, backbone_dir=backbone_dir, cache=assets.cache_dir(args.cache_dir) / "activations",
         image_size=args.image_size, frozen_layers=args.frozen_layers, progress=not args.disable_tqdm,
     )
     skip_frozen_prefix(backbone, args.frozen_layers)
