@@ -13,23 +13,33 @@
 # limitations under the License.
 """smat-peft: SMAT (Sparse MetA-Tuning) sparse interpolated experts as a peft method for vision transformers."""
 
-__version__ = "0.1.0"
-
-from .config import SmatConfig  # noqa: E402
-from .export import export_compact, load_compact  # noqa: E402
-from .hub import build_model_card, install_model_card, install_push_to_hub, push_smat_to_hub, smat_model_card  # noqa: E402
-from .integrity import (  # noqa: E402
+from .config import SmatConfig
+from .constants import __version__
+from .export import export_compact, load_compact
+from .hub import build_model_card, install_model_card, install_push_to_hub, push_smat_to_hub, smat_model_card
+from .integrity import (
     AdapterFileNotFoundError,
     AdapterIntegrityError,
     BaseWeightsMismatchError,
     install_atomic_save,
     install_checked_load,
 )
-from .layer import SmatLayer, SmatModule  # noqa: E402
-from .model import SmatModel  # noqa: E402
-from .peft_type import SmatPeftType, register_with_peft  # noqa: E402
-from .router import RouterOutput, SmatRouter  # noqa: E402
-from .training import EpisodeSampler, MetaTrainingArguments, SmatMetaTrainer  # noqa: E402
+from .layer import SmatLayer, SmatModule
+from .model import SmatModel
+from .peft_type import SmatPeftType, register_with_peft
+from .router import RouterOutput, SmatRouter
+
+
+# the meta-trainer (and Accelerate) load on first use: `import smat_peft` is the adapter, peft and its hooks only
+_TRAINING = ("EpisodeSampler", "MetaTrainingArguments", "SmatMetaTrainer")
+
+
+def __getattr__(name: str):
+    if name in _TRAINING:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 register_with_peft(SmatConfig, SmatModel)

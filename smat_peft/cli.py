@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from . import __version__
+from .constants import __version__
 
 
 def _print(*parts: Any) -> None:
@@ -115,7 +115,7 @@ def run_push(args: argparse.Namespace) -> int:
 # export
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """`smat-peft export`: write the compact inference export of a saved adapter."""
-    from .export import DELTA_DTYPES
+    from .constants import DTYPES
 
     parser = subparsers.add_parser(
         "export",
@@ -131,7 +131,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--delta-dtype",
         "--delta_dtype",
         default="float16",
-        choices=sorted(DELTA_DTYPES),
+        choices=sorted(DTYPES),
         help="Storage dtype of the delta (float32 is exact).",
     )
     parser.add_argument(

@@ -20,15 +20,12 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
-from . import __version__
+from .constants import DTYPES, SMAT_FORMAT_VERSION, __version__
 from .peft_type import SmatPeftType
 
 
-_MASK_DTYPES = ("float32", "bfloat16", "float16")
 _MASK_INITS = ("normal", "dense", "random_binary")
 _MAX_EXPERTS = 1024
-# Version of the on-disk adapter format this release writes and the newest it reads (`smat_format_version`).
-SMAT_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -280,8 +277,8 @@ class SmatConfig(PeftConfig):
                 "The hard-concrete stretch interval must contain [0, 1]: need `hard_concrete_gamma` < 0 and "
                 f"`hard_concrete_zeta` > 1, got {self.hard_concrete_gamma} and {self.hard_concrete_zeta}."
             )
-        if self.mask_dtype not in _MASK_DTYPES:
-            raise ValueError(f"`mask_dtype` must be one of {_MASK_DTYPES}, got {self.mask_dtype!r}.")
+        if self.mask_dtype not in DTYPES:
+            raise ValueError(f"`mask_dtype` must be one of {tuple(DTYPES)}, got {self.mask_dtype!r}.")
         if self.outside_task not in ("error", "uniform"):
             raise ValueError(f"`outside_task` must be 'error' or 'uniform', got {self.outside_task!r}.")
         if self.router_num_skill_tokens < 0:
@@ -325,24 +322,3 @@ class SmatConfig(PeftConfig):
                 stacklevel=2,
             )
         return super().check_kwargs(**kwargs)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
-        """Load a SMAT adapter's config from a directory or a Hub repo, after checking the adapter's files.
-
-        `PeftModel.from_pretrained` and `load_adapter` call this before they build the adapter and read its weights,
-        so a missing or corrupted weights file, a checksum mismatch or a newer format raises here (an
-        `AdapterIntegrityError` naming the file), before the base model is touched. See
-        [`smat_peft.integrity.check_adapter`].
-
-        Example:
-
-        ```py
-        >>> from smat_peft import SmatConfig
-        >>> config = SmatConfig.from_pretrained("path/to/adapter")  # doctest: +SKIP
-        ```
-        """
-        from .integrity import check_adapter
-
-        check_adapter(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

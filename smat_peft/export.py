@@ -53,6 +53,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import SmatConfig
+from .constants import DTYPES
 from .integrity import (
     COMPACT_WEIGHTS_NAME,
     CONFIG_NAME,
@@ -77,7 +78,6 @@ from .layer import SmatLayer
 COMPACT_FORMAT_VERSION = 1
 # A mask element is on in the export iff its eval mask is above this value (log α > 0 for γ = −0.1, ζ = 1.1).
 MASK_THRESHOLD = 0.5
-DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _METADATA_KEY = "smat_compact"
 _DELTA_KEY = re.compile(r"^(?P<module>.+)\.smat_delta\.(?P<index>\d+)$")
 _LOG_ALPHA_KEY = re.compile(r"^(?P<module>.+)\.smat_log_alpha\.(?P<index>\d+)$")
@@ -131,8 +131,8 @@ def compact_state_dict(
     (router, LoRA factors, modules_to_save) are kept as they are. Returns the tensors and the index stored in the
     file's metadata (per packed parameter: `shape` of δ and `mask_shape`).
     """
-    if delta_dtype not in DELTA_DTYPES:
-        raise ValueError(f"`delta_dtype` must be one of {sorted(DELTA_DTYPES)}, got {delta_dtype!r}.")
+    if delta_dtype not in DTYPES:
+        raise ValueError(f"`delta_dtype` must be one of {sorted(DTYPES)}, got {delta_dtype!r}.")
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict[str, list[int]]] = {}
     for key, value in state_dict.items():
@@ -162,7 +162,7 @@ def compact_state_dict(
             tensors[f"{stem}.union"] = pack_bits(union.flatten())
             tensors[f"{stem}.masks"] = pack_bits(masks.flatten(1).index_select(1, union_index))
             delta = value.reshape(-1).index_select(0, delta_index)
-            tensors[f"{stem}.delta"] = delta.to(DELTA_DTYPES[delta_dtype])
+            tensors[f"{stem}.delta"] = delta.to(DTYPES[delta_dtype])
         index[stem] = {"shape": list(value.shape), "mask_shape": list(masks.shape[1:])}
     return tensors, index
 

@@ -36,7 +36,7 @@ import peft
 import transformers
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from . import __version__
+from .constants import __version__
 from .config import SmatConfig
 
 

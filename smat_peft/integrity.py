@@ -13,8 +13,8 @@
 # limitations under the License.
 """Integrity of saved SMAT adapters: checks before loading, checksums, and atomic saves.
 
-Loading checks (`check_adapter`, run by `SmatConfig.from_pretrained`, i.e. inside `PeftModel.from_pretrained` and
-`load_adapter` before the base model is touched, and by `smat_peft.load_compact`) turn every broken adapter into one
+Loading checks (`check_adapter`, run from peft's `PeftConfig._get_peft_type`, the first thing `PeftModel.from_pretrained`
+and `load_adapter` read, so before the base model is touched, and by `smat_peft.load_compact`) turn every broken adapter into one
 `AdapterIntegrityError` that names the file and says what to do, instead of a deep torch/safetensors trace or a
 half-loaded model:
 
@@ -47,6 +47,8 @@ import tempfile
 from typing import Any, Optional
 
 from huggingface_hub import hf_hub_download
+
+from .constants import SMAT_FORMAT_VERSION, __version__
 
 
 CONFIG_NAME = "adapter_config.json"
@@ -87,9 +89,6 @@ def read_adapter_config(path: str) -> dict[str, Any]:
         `AdapterFileNotFoundError` if the file is missing, `AdapterIntegrityError` if it is not a JSON object, not a
         SMAT config, or written in a newer `smat_format_version`.
     """
-    from . import __version__
-    from .config import SMAT_FORMAT_VERSION
-
     if not os.path.isfile(path):
         raise AdapterFileNotFoundError(
             f"{path} does not exist: a saved SMAT adapter is a directory holding {CONFIG_NAME} and its weights. "
@@ -754,9 +753,11 @@ def _download_config(model_id: str, **kwargs: Any) -> str:
 def install_checked_load() -> None:
     """Make every peft load path run SMAT's checks and leave the caller's model unchanged when a load fails.
 
-    - `PeftConfig._get_peft_type` (the first thing `PeftModel.from_pretrained` reads): an `adapter_config.json` that
-      is not JSON names its file; a config that records SMAT but says another `peft_type` is refused (it would load
-      as an adapter that does nothing); Hub failures (offline, no such repo, no access) say so.
+    - `PeftConfig._get_peft_type` (the first thing `PeftModel.from_pretrained` and `load_adapter` read): an
+      `adapter_config.json` that is not JSON names its file; a config that records SMAT but says another `peft_type`
+      is refused (it would load as an adapter that does nothing); Hub failures (offline, no such repo, no access)
+      say so; a SMAT adapter's files are checked (`check_adapter`). This is the one place SMAT's load checks touch
+      peft, so the adapter core (`config.py`) never imports this module.
     - `PeftModel.from_pretrained` and `load_adapter`: a failed load removes what it injected (the base model, or the
       `PeftModel`, is as before); a SMAT adapter's recorded base-weights fingerprint is compared with the base model
       (`check_base_weights=False` skips it).
@@ -783,7 +784,10 @@ def install_checked_load() -> None:
                         f"{config_file} does not exist: pass the directory that `save_pretrained` wrote."
                     )
                 config_file = _download_config(os.fspath(model_id), **hf_hub_download_kwargs)
-            return _peft_type_of(_read_json_object(config_file), config_file)
+            peft_type = _peft_type_of(_read_json_object(config_file), config_file)
+            if peft_type == "SMAT":  # before peft builds the config and touches the model
+                check_adapter(model_id, **hf_hub_download_kwargs)
+            return peft_type
 
         _get_peft_type._smat_checked = True
         PeftConfigMixin._get_peft_type = classmethod(_get_peft_type)

@@ -31,10 +31,10 @@ from torch import nn
 from torch.func import functional_call
 
 from .config import SmatConfig
+from .constants import DTYPES
 from .masks import MAX_PACKED_EXPERTS, HardConcrete, merge_dense, merge_packed, pack_binary
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def mask_shape(param_shape: torch.Size, structured: bool) -> tuple[int, ...]:
@@ -80,7 +80,7 @@ def initial_mask_logits(config: SmatConfig, shape: tuple[int, ...], device: torc
         log_alpha = torch.where(keep, clip, -clip).to(torch.float32)
     else:
         log_alpha.normal_(config.mask_init_mean, config.mask_init_std)
-    return log_alpha.to(_DTYPES[config.mask_dtype])
+    return log_alpha.to(DTYPES[config.mask_dtype])
 
 
 class SmatLayer(BaseTunerLayer):

@@ -27,7 +27,7 @@ from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from . import __version__
+from .constants import __version__
 from .config import SmatConfig
 from .hub import eval_results_metadata
 from .layer import SmatLayer, SmatModule
@@ -79,7 +79,8 @@ class SmatModel(BaseTuner):
     prefix: str = PREFIX
     tuner_layer_cls = SmatLayer
     target_module_mapping = DEFAULT_TARGET_MODULES
-    # The routers live on the tuner, not in the layers.
+    # The routers live on the tuner, not in the layers: peft's `inject_adapter_in_model` reads this and refuses
+    # (it cannot return them), so SMAT is used through `get_peft_model` / `PeftModel`.
     uses_shared_state: bool = True
 
     def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, state_dict=None) -> None:
