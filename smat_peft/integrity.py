@@ -13,10 +13,10 @@
 # limitations under the License.
 """Integrity of saved SMAT adapters: checks before loading, checksums, and atomic saves.
 
-Loading checks (`check_adapter`, run from peft's `PeftConfig._get_peft_type`, the first thing `PeftModel.from_pretrained`
-and `load_adapter` read, so before the base model is touched, and by `smat_peft.load_compact`) turn every broken adapter into one
-`AdapterIntegrityError` that names the file and says what to do, instead of a deep torch/safetensors trace or a
-half-loaded model:
+Loading checks (`check_adapter`, run from peft's `PeftConfig._get_peft_type`, the first thing
+`PeftModel.from_pretrained` and `load_adapter` read, so before the base model is touched, and by
+`smat_peft.load_compact`) turn every broken adapter into one `AdapterIntegrityError` that names the file and says
+what to do, instead of a deep torch/safetensors trace or a half-loaded model:
 
 - `adapter_config.json` or the weights file missing (`AdapterFileNotFoundError`, also a `FileNotFoundError`);
 - `adapter_config.json` that is not JSON, or was written in a newer `smat_format_version` than this release reads;
@@ -373,10 +373,12 @@ JOURNAL_NAME = ".smat_commit.json"
 _STAGING_NAME = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 
 
-def _write_json_durably(path: str, value: Any) -> None:
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a synced temporary sibling and one `os.replace`: a reader or a crash
+    sees the old file or the new one, never a partial write."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(value))
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -457,7 +459,7 @@ def commit_directory(staging: str, target: str) -> list[str]:
     for root, _, _ in os.walk(staging):
         _fsync(root)
     journal = os.path.join(target, JOURNAL_NAME)
-    _write_json_durably(journal, {"staging": os.path.basename(os.path.normpath(staging)), "files": files})
+    atomic_write_text(journal, json.dumps({"staging": os.path.basename(os.path.normpath(staging)), "files": files}))
     _fsync(target)
     for rel in files:
         destination = os.path.join(target, rel)

@@ -65,11 +65,10 @@ from tqdm.auto import tqdm
 
 from .. import SmatConfig, get_smat_model
 from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, specialisation_score
-from ..integrity import commit_directory, staging_directory
+from ..integrity import atomic_write_text, commit_directory, staging_directory
 from ..model import SmatModel
 from ..targets import DEFAULT_TARGET_MODULES
 from ..training import MetaTrainingArguments, SmatMetaTrainer
-from ..training.trainer import _atomic_write_text
 from ..training.evaluation import (evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate,
                                    task_independent_model)
 from ..training.statistics import paired_difference
@@ -624,7 +623,7 @@ def _json_default(value: Any) -> Any:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(str(path), json.dumps(data, indent=2, default=_json_default))
+    atomic_write_text(str(path), json.dumps(data, indent=2, default=_json_default))
 
 
 def prepare(args: DemoArguments) -> tuple[dict, nn.Module, type, str]:

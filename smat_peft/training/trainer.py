@@ -43,6 +43,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from ..diagnostics import mask_saturation
 from ..integrity import (
     JOURNAL_NAME,
+    atomic_write_text,
     check_adapter_dir,
     commit_directory,
     discard_staging,
@@ -439,7 +440,7 @@ class SmatMetaTrainer:
                 existing = json.load(f)
         existing.update({"train_history": self.history, "best_validation_accuracy": self.best_metric})
         existing.update(extra or {})
-        _atomic_write_text(path, json.dumps(existing, indent=2, default=str))
+        atomic_write_text(path, json.dumps(existing, indent=2, default=str))
 
     # ------------------------------------------------------------------------------------------------------------
     # validation and meta-test
@@ -634,7 +635,7 @@ class SmatMetaTrainer:
             commit_directory(staging, final)
         finally:
             discard_staging(staging, final)
-        _atomic_write_text(os.path.join(self.args.output_dir, LATEST_NAME), name)
+        atomic_write_text(os.path.join(self.args.output_dir, LATEST_NAME), name)
         self._rotate_checkpoints(keep=name)
         self._remove_stale_temporaries()
         return final
@@ -781,12 +782,3 @@ def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_elemen
             flush()
             size = 0
     flush()
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
