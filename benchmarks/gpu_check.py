@@ -1,10 +1,15 @@
-"""The GPU check: what a user with a GPU does on day one, in one short run (≤ 8 minutes on one GPU).
+"""The GPU check: what a user with a GPU does on day one, in one short run (a few minutes on one GPU).
 
 1. One SMAT meta-update in fp16 (with Accelerate's loss scaler) and in bf16 against the same update in fp32, from the
    same initial adapter and episodes: relative difference of δ's update (‖Δδ_amp − Δδ_fp32‖ / ‖Δδ_fp32‖).
 2. SMAT ÷ PMF step time and peak GPU memory on a ViT-S sized model at 128 px (the method's image size), 5-way
    5-shot 5-query episodes, M = 8, τ = 0.9, dense teacher on (interleaved, medians).
 3. Throughput of the `merge_task` model ÷ the plain model (batch 64, 224 px, eval, fp32 and bf16 autocast).
+4. `train()` end to end in bf16 (6 updates, validation and checkpoints every 3), resumed from the update-3
+   checkpoint in a fresh trainer (largest |difference| of the adapter against the uninterrupted run: CUDA kernels
+   need not be bit-identical), then `evaluate()` with direct, full and LoRA fine-tuning on 4 episodes per domain.
+
+Each section records its error instead of its numbers if it fails, so one run reports every problem.
 
 Writes `benchmarks/results/gpu_check.json`. `--cpu --quick` is a smoke run of the same code on the CPU (tiny sizes);
 the numbers only mean something on a GPU.
@@ -29,6 +34,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_metatrain import backbone, domains, interleaved_step_times  # noqa: E402
 
 from smat_peft import MetaTrainingArguments, SmatConfig, SmatMetaTrainer, get_smat_model  # noqa: E402
+from smat_peft.testing import synthetic_domain  # noqa: E402
 
 
 def _reset_accelerate() -> None:
@@ -108,6 +114,59 @@ def merged_throughput(image_size: int, batch: int, cpu: bool, repeats: int) -> d
     return out
 
 
+def train_evaluate_resume(image_size: int, cpu: bool) -> dict:
+    """`train()` with validation and checkpoints, a resume from the middle checkpoint, then `evaluate()`."""
+    precision = "no" if cpu else "bf16"
+    train, ood = domains(image_size), {"c": synthetic_domain(40, 12, size=image_size, seed=2)}
+
+    def run(output_dir: str, resume: str | None = None) -> SmatMetaTrainer:
+        _reset_accelerate()
+        torch.manual_seed(0)
+        args = MetaTrainingArguments(
+            output_dir=output_dir, max_steps=6, tasks_per_update=2, ways=5, shots=2, queries=3, image_size=image_size,
+            warmup_steps=0, eval_steps=3, save_steps=3, save_total_limit=3, eval_episodes=4, test_episodes=4,
+            finetune_steps=5, finetune_lr_grid=[0.0, 1e-4], finetune_search_episodes=2,
+            eval_modes=["direct", "full", "lora"], disable_tqdm=True, augment=True, use_cpu=cpu,
+            mixed_precision=precision)
+        model = get_smat_model(backbone(image_size), SmatConfig(num_experts=8, sparsity=0.9))
+        trainer = SmatMetaTrainer(model, args, train_datasets=train, eval_datasets=ood)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    def adapter(trainer: SmatMetaTrainer) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu() for k, v in trainer.model.state_dict().items() if "smat_" in k}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        full = run(os.path.join(tmp, "full"))
+        train_s = time.perf_counter() - start
+        resumed = run(os.path.join(tmp, "resumed"), resume=os.path.join(tmp, "full", "checkpoint-3"))
+        reference, actual = adapter(full), adapter(resumed)
+        difference = max(float((reference[k] - actual[k]).abs().max()) for k in reference)
+        start = time.perf_counter()
+        results = full.evaluate()
+        evaluate_s = time.perf_counter() - start
+    return {
+        "mixed_precision": precision,
+        "train_6_updates_s": train_s,
+        "evaluate_s": evaluate_s,
+        "resumed_vs_uninterrupted_adapter_max_abs_difference": difference,
+        "checkpoints_equal_keys": sorted(reference) == sorted(actual),
+        "accuracy": {name: {mode: r[mode]["mean"] for mode in ("direct", "full", "lora")}
+                     for name, r in results["domains"].items()},
+    }
+
+
+def section(fn, *args) -> dict:
+    """`fn(*args)`, or its error (type, message and the last frames) if it raises."""
+    try:
+        return fn(*args)
+    except Exception as error:  # a check reports every failure in one run
+        import traceback
+
+        return {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-3000:]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (a smoke test of the script)")
@@ -122,9 +181,10 @@ def main() -> None:
     results = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.cpu else "cpu",
         "torch": torch.__version__,
-        "delta_update_relative_difference_vs_fp32": precision_check(size, args.cpu, precisions),
-        "step_128px" if not args.quick else f"step_{size}px": step_time_and_memory(size, args.cpu, repeats),
-        "merged_throughput": merged_throughput(size if args.quick else 224, batch, args.cpu, repeats),
+        "delta_update_relative_difference_vs_fp32": section(precision_check, size, args.cpu, precisions),
+        f"step_{size}px": section(step_time_and_memory, size, args.cpu, repeats),
+        "merged_throughput": section(merged_throughput, size if args.quick else 224, batch, args.cpu, repeats),
+        "train_evaluate_resume": section(train_evaluate_resume, size if args.quick else 56, args.cpu),
     }
     results["wall_s"] = time.perf_counter() - start
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

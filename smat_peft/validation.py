@@ -22,11 +22,18 @@ from torch import nn
 
 
 def check_pixel_values(model: nn.Module, pixel_values: torch.Tensor, name: str) -> None:
-    """Raise if `pixel_values` is not a finite, non-empty batch; for vision configs also check `[N, C, H, W]`."""
+    """Raise if `pixel_values` is not a finite, non-empty batch on the model's device; for vision configs also check
+    `[N, C, H, W]`."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(pixel_values).__name__}.")
     if pixel_values.ndim == 0 or pixel_values.shape[0] == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(pixel_values.shape)}): pass at least one image per class.")
+    weight = next(model.parameters(), None)
+    if weight is not None and weight.device.type != "meta" and pixel_values.device != weight.device:
+        raise ValueError(
+            f"`{name}` is on {pixel_values.device} but the model is on {weight.device}; move the images to the "
+            f"model's device first (`{name}.to(model.device)`)."
+        )
     channels = getattr(getattr(model, "config", None), "num_channels", None)
     # a model whose patch embedding was replaced (the demo's cached frozen prefix) takes hidden states, not pixels
     if channels is not None and not getattr(model, "takes_hidden_states", False):

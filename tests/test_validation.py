@@ -43,6 +43,12 @@ def test_wrong_channels(model):
         model.expert_weights(torch.randn(5, 1, 32, 32), torch.arange(5))
 
 
+def test_images_on_another_device(model):
+    # a GPU user's day-one mistake (CPU images, CUDA model); the meta device stands in for the GPU here
+    with pytest.raises(ValueError, match=r"on meta but the model is on cpu; move the images to the model's device"):
+        model.expert_weights(torch.empty(5, 3, 32, 32, device="meta"), torch.arange(5))
+
+
 def test_wrong_rank(model):
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         model.expert_weights(torch.randn(5, 3, 32), torch.arange(5))

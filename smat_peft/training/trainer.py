@@ -279,7 +279,8 @@ class SmatMetaTrainer:
     # ------------------------------------------------------------------------------------------------------------
     # training
     def training_step(self, episodes: list) -> list[dict[str, float]]:
-        """One meta-update over `episodes` (the update's tasks on this process); returns each task's metrics.
+        """One meta-update over `episodes` (the update's tasks on this process, on any device: each is moved to the
+        accelerator's); returns each task's metrics.
 
         Anneals the router temperature, accumulates the tasks' gradients, averages them across processes, clips,
         steps every optimizer and schedule, clips the mask logits and projects the multipliers to λ ≥ 0.
@@ -289,6 +290,7 @@ class SmatMetaTrainer:
         self._start_update(update)
         task_logs = []
         for episode in episodes:
+            episode = episode.to(self.accelerator.device)
             torch.manual_seed(self.args.seed * 1_000_003 + episode.index)
             start = time.perf_counter()
             out = self._task_loss(episode)
@@ -377,7 +379,7 @@ class SmatMetaTrainer:
         start_time = time.perf_counter()
         while self.global_step < args.max_steps:
             wait = time.perf_counter()
-            batch = [next(episodes).to(self.accelerator.device) for _ in range(args.tasks_per_update)]
+            batch = [next(episodes) for _ in range(args.tasks_per_update)]
             data_time = time.perf_counter() - wait
             task_logs = self.training_step(batch)
             window += [{**logs, "data_time_s": data_time / len(batch)} for logs in task_logs]
