@@ -56,18 +56,36 @@ def _trainer(method: str, output_dir: str, image_size: int, cpu: bool, mixed_pre
 
 
 def precision_check(image_size: int, cpu: bool, precisions: list[str]) -> dict[str, float]:
-    """Relative difference of δ's update under each mixed precision against fp32, same start and episode."""
-    updates = {}
+    """Relative difference of δ's update under each mixed precision against fp32, same start and episode.
+
+    fp16's loss scaler starts at 2^16 and halves on each overflow, skipping that step (as in any AMP run). A first
+    fp16 trainer counts the steps skipped before one is taken; the comparison is then made by a fresh trainer whose
+    scaler starts at the scale found, so that its first step is taken.
+    """
+    updates, out = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ["no"] + precisions:
             t = _trainer("smat", os.path.join(tmp, precision), image_size, cpu, precision, shots=2, queries=3)
+            if precision == "fp16":
+                skipped = 0
+                while t.training_step([t.train_sampler.episode(0)])[0]["step_skipped"] and skipped < 40:
+                    skipped += 1
+                scale = float(t.accelerator.scaler.get_scale())
+                out.update(fp16_steps_skipped_from_default_scale=skipped, fp16_loss_scale=scale)
+                t = _trainer("smat", os.path.join(tmp, "fp16-found-scale"), image_size, cpu, precision, shots=2,
+                             queries=3)
+                t.accelerator.scaler = torch.amp.GradScaler(t.accelerator.device.type, init_scale=scale)
             before = [p.detach().clone() for n, p in t.model.named_parameters() if ".smat_delta." in n]
             t.model.train()
-            t.training_step([t.train_sampler.episode(0)])
+            logs = t.training_step([t.train_sampler.episode(0)])[0]
+            if logs.get("step_skipped"):
+                out[f"{precision}_step_skipped"] = True
             after = [p.detach() for n, p in t.model.named_parameters() if ".smat_delta." in n]
             updates[precision] = torch.cat([(a - b).flatten().float().cpu() for a, b in zip(after, before)])
     reference = updates.pop("no")
-    return {p: float((u - reference).norm() / reference.norm().clamp_min(1e-30)) for p, u in updates.items()}
+    for p, u in updates.items():
+        out[p] = float((u - reference).norm() / reference.norm().clamp_min(1e-30))
+    return out
 
 
 def step_time_and_memory(image_size: int, cpu: bool, repeats: int) -> dict[str, float]:

@@ -228,9 +228,10 @@ def search_learning_rate(model, sampler, args, is_smat: bool, mode: str, process
     order, so every process picks what one process would.
     """
     indices = shard(len(sampler), process_index, num_processes)
+    device = next(model.parameters()).device
     scores = {}
     for lr in args.finetune_lr_grid:
-        values = [finetuned_accuracy(model, sampler[i], args, is_smat, mode, lr) for i in indices]
+        values = [finetuned_accuracy(model, sampler[i].to(device), args, is_smat, mode, lr) for i in indices]
         scores[lr] = sum(gather_in_order(indices, values, num_processes))
     return max(scores, key=lambda lr: (scores[lr], -lr)), {lr: s / len(sampler) for lr, s in scores.items()}
 
