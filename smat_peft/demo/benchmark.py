@@ -68,7 +68,7 @@ from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, spec
 from ..integrity import atomic_write_text, commit_directory, staging_directory
 from ..model import SmatModel
 from ..targets import DEFAULT_TARGET_MODULES
-from ..training import MetaTrainingArguments, SmatMetaTrainer
+from ..training import EpisodeShape, MetaTrainingArguments, SmatMetaTrainer
 from ..training.evaluation import (evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate,
                                    task_independent_model)
 from ..training.statistics import paired_difference
@@ -85,12 +85,12 @@ MODELS = ("pretrained", "pmf", "dense_expert", "random_mask", "smat")
 # the methods trained with SMAT's objective and optimisers (a SMAT adapter each)
 SMAT_FAMILY = ("dense_expert", "random_mask", "smat")
 
-# test settings: name → EpisodeSampler arguments
-SETTINGS: dict[str, dict[str, Any]] = {
-    "5w1s": {"ways": 5, "shots": 1, "queries": 5},
-    "5w5s": {"ways": 5, "shots": 5, "queries": 5},
-    "variable": {"variable": True, "ways": 3, "max_ways": 10, "max_support": 40, "max_support_per_class": 10,
-                 "max_queries": 5},
+# test settings: name → episode shape (results.json has their `to_dict()`)
+SETTINGS: dict[str, EpisodeShape] = {
+    "5w1s": EpisodeShape(ways=5, shots=1, queries=5),
+    "5w5s": EpisodeShape(ways=5, shots=5, queries=5),
+    "variable": EpisodeShape(variable=True, ways=3, max_ways=10, max_support=40, max_support_per_class=10,
+                             max_queries=5),
 }
 FINETUNE_SETTING = "5w5s"
 
@@ -457,9 +457,9 @@ def test_sampler(sampler_class: type, domains: dict, domain: str, setting: str, 
                  num_episodes: int, split: str = "test", seed_offset: int = 2):
     """Fixed episodes of one domain and setting; the same for every model."""
     return sampler_class(
-        {domain: domains[domain]}, split=split, num_episodes=num_episodes, seed=args.seed + seed_offset,
-        split_seed=args.seed, split_fractions=_split_fractions(domain, args), image_size=args.image_size,
-        **SETTINGS[setting],
+        {domain: domains[domain]}, SETTINGS[setting], split=split, num_episodes=num_episodes,
+        seed=args.seed + seed_offset, split_seed=args.seed, split_fractions=_split_fractions(domain, args),
+        image_size=args.image_size,
     )
 
 
@@ -491,9 +491,9 @@ def evaluate_model(model: nn.Module, name: str, training_args: MetaTrainingArgum
     finetune = [m for m in modes if m != "direct"]
     if finetune:
         search = sampler_class(
-            {d: domains[d] for d in args.train_domains}, split="validation",
+            {d: domains[d] for d in args.train_domains}, SETTINGS[FINETUNE_SETTING], split="validation",
             num_episodes=args.finetune_search_episodes * len(args.train_domains), seed=args.seed + 3,
-            split_seed=args.seed, split_fractions=ID_SPLIT, image_size=args.image_size, **SETTINGS[FINETUNE_SETTING],
+            split_seed=args.seed, split_fractions=ID_SPLIT, image_size=args.image_size,
         )
         for mode in finetune:
             lr, scores = search_learning_rate(model, search, training_args, is_smat, mode)
@@ -730,7 +730,8 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     timings["assets_and_cache_s"] = time.perf_counter() - start
     train = {d: domains[d] for d in args.train_domains}
     results: dict[str, Any] = {
-        "arguments": dataclasses.asdict(args), "backbone": backbone_dir, "settings": SETTINGS,
+        "arguments": dataclasses.asdict(args), "backbone": backbone_dir,
+        "settings": {name: shape.to_dict() for name, shape in SETTINGS.items()},
         "finetune_setting": FINETUNE_SETTING, "train_domains": args.train_domains,
         "ood_domains": [d for d in domains if d not in args.train_domains], "models": {}, "per_seed": {},
         "training": {}, "adapted_parameters": len(adapted_parameter_names(backbone, args.frozen_layers, args.coverage)),

@@ -182,10 +182,9 @@ class SmatMetaTrainer:
                  augment: Optional[bool] = None) -> EpisodeSampler:
         args = self.args
         return self.sampler_class(
-            datasets, split=split, ways=args.ways, shots=args.shots, queries=args.queries,
-            variable=args.variable_ways_shots, max_ways=args.max_ways, max_support=args.max_support,
-            num_episodes=num_episodes, seed=args.seed if seed is None else seed, split_seed=args.split_seed,
-            split_fractions=args.split_fractions, image_column=args.image_column, label_column=args.label_column,
+            datasets, args.episode_shape, split=split, num_episodes=num_episodes,
+            seed=args.seed if seed is None else seed, split_seed=args.split_seed, split_fractions=args.split_fractions,
+            image_column=args.image_column, label_column=args.label_column,
             image_size=args.image_size, image_processor=self.image_processor,
             augment=(args.augment and split == "train") if augment is None else augment,
             min_images_policy=args.min_images_policy,
