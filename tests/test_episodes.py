@@ -300,6 +300,29 @@ def test_meta_training_arguments_give_their_episode_shape():
         MetaTrainingArguments(variable_ways_shots=True, ways=6, max_ways=5)
 
 
+def test_load_inputs_replaces_decoding_with_one_input_per_row():
+    data = make_dataset([4] * 6, image_size=1, kind="array")
+    table = {"default": torch.arange(len(data), dtype=torch.float32).view(-1, 1, 1) * torch.ones(1, 2, 3)}
+    calls = []
+
+    def load_inputs(domain, rows):
+        calls.append((domain, rows))
+        return table[domain][rows]
+
+    sampler = EpisodeSampler(data, ways=3, shots=1, queries=2, split_fractions=ALL_TRAIN, load_inputs=load_inputs)
+    plan, episode = sampler.plan(0), sampler[0]
+    rows = [r for part in (plan.support_rows, plan.query_rows) for rs in part for r in rs]
+    assert calls == [("default", rows)]
+    assert torch.equal(torch.cat([episode.support_pixel_values, episode.query_pixel_values]), table["default"][rows])
+    assert torch.equal(sampler.pixel_values("default", [2, 0]), table["default"][[2, 0]])
+    with pytest.raises(ValueError, match="augment"):
+        EpisodeSampler(data, ways=3, shots=1, queries=2, split_fractions=ALL_TRAIN, load_inputs=load_inputs,
+                       augment=True)
+    for wrong in (lambda d, rows: table[d][rows].long(), lambda d, rows: table[d][rows[:1]], lambda d, rows: rows):
+        with pytest.raises(ValueError, match="one input per row"):
+            EpisodeSampler(data, ways=3, shots=1, queries=2, split_fractions=ALL_TRAIN, load_inputs=wrong)[0]
+
+
 # ---- images
 
 

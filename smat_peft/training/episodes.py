@@ -59,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -506,6 +506,11 @@ class EpisodeSampler(torch.utils.data.Dataset):
         min_images_policy (`str`): Classes with fewer images than an episode may need (`shots + queries` for fixed
             episodes, 2 for variable ones): `"skip"` leaves them out (an error if fewer than `ways` classes remain),
             `"error"` raises.
+        load_inputs (`Callable[[str, list[int]], torch.Tensor]`, *optional*): Makes the model inputs of dataset rows
+            instead of decoding images. Called as `load_inputs(domain, rows)` (a domain name and a list of row
+            indices), it returns a float tensor `[len(rows), ...]`, one input per row in order, un-augmented:
+            `augment` must then be False, and the image arguments are unused (the image column is still needed to
+            index the domain). The demo passes cached activations of the backbone's frozen first blocks.
 
     Example:
 
@@ -544,6 +549,7 @@ class EpisodeSampler(torch.utils.data.Dataset):
         rank: int = 0,
         world_size: int = 1,
         min_images_policy: str = "skip",
+        load_inputs: Callable[[str, list[int]], torch.Tensor] | None = None,
         **shape_fields: Any,
     ) -> None:
         if shape is None:
@@ -568,6 +574,9 @@ class EpisodeSampler(torch.utils.data.Dataset):
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value}.")
         if not 0 <= rank < world_size:
             raise ValueError(f"`rank` must be in [0, world_size={world_size}), got {rank}.")
+        if load_inputs is not None and augment:
+            raise ValueError("Inputs from `load_inputs` cannot be augmented (augmentation works on images); pass "
+                             "`augment=False`.")
         if len(image_mean) != 3 or len(image_std) != 3 or any(s <= 0 for s in image_std):
             raise ValueError(
                 f"`image_mean` and `image_std` must have 3 values (RGB), `image_std` positive; got {tuple(image_mean)}"
@@ -585,6 +594,7 @@ class EpisodeSampler(torch.utils.data.Dataset):
         self.augment = bool(augment)
         self.rank, self.world_size = int(rank), int(world_size)
         self.min_images_policy = min_images_policy
+        self.load_inputs = load_inputs
 
         if not isinstance(datasets, Mapping):
             datasets = {DEFAULT_DOMAIN: datasets}
@@ -746,7 +756,7 @@ class EpisodeSampler(torch.utils.data.Dataset):
                   for part in (plan.support_rows, plan.query_rows)]
         support = [row for rows in plan.support_rows for row in rows]
         query = [row for rows in plan.query_rows for row in rows]
-        pixels = self._load_pixels(self._domain(plan.domain), support + query, augmentation_rng)
+        pixels = self._inputs(plan.domain, support + query, augmentation_rng)
         return Episode(
             support_pixel_values=pixels[: len(support)],
             support_labels=labels[0],
@@ -761,14 +771,28 @@ class EpisodeSampler(torch.utils.data.Dataset):
         return self._domains[self.domains.index(name)]
 
     def pixel_values(self, domain: str, rows: Sequence[int]) -> torch.Tensor:
-        """The processed, un-augmented images `[len(rows), 3, H, W]` of dataset rows of one of the sampler's domains."""
+        """The processed, un-augmented images `[len(rows), 3, H, W]` of dataset rows of one of the sampler's domains
+        (or what `load_inputs` makes of them)."""
         if domain not in self.domains:
             raise KeyError(f"Unknown domain {domain!r}; the sampler has {self.domains}.")
         augment, self.augment = self.augment, False
         try:
-            return self._load_pixels(self._domain(domain), [int(r) for r in rows], None)
+            return self._inputs(domain, [int(r) for r in rows], None)
         finally:
             self.augment = augment
+
+    def _inputs(self, domain: str, rows: list[int], rng: np.random.Generator | None) -> torch.Tensor:
+        """The model inputs of `rows`: from `load_inputs` if given, else the decoded (and augmented) images."""
+        if self.load_inputs is None:
+            return self._load_pixels(self._domain(domain), rows, rng)
+        inputs = self.load_inputs(domain, rows)
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or inputs.dim() < 1 \
+                or inputs.shape[0] != len(rows):
+            got = f"a {inputs.dtype} tensor of shape {list(inputs.shape)}" if isinstance(inputs, torch.Tensor) \
+                else type(inputs).__name__
+            raise ValueError(f"`load_inputs({domain!r}, rows)` must return a float tensor with one input per row "
+                             f"({len(rows)}), got {got}.")
+        return inputs
 
     def _load_pixels(self, domain: _Domain, rows: list[int], rng: np.random.Generator) -> torch.Tensor:
         """Decode exactly `rows` of the domain and turn them into a `[len(rows), 3, H, W]` float32 batch."""
