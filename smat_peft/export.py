@@ -72,7 +72,7 @@ from .integrity import (
     staging_directory,
     verify_base_weights,
 )
-from .layer import SmatLayer
+from .layer import SmatLayer, strip_smat_layers
 
 
 COMPACT_FORMAT_VERSION = 1
@@ -395,19 +395,6 @@ def _check_base_parameter(base_model: nn.Module, name: str, position: int, shape
         )
 
 
-def _strip_adapter(model: nn.Module) -> None:
-    """Undo a failed injection: put the original modules back in place of SMAT layers and modules_to_save."""
-    from peft.utils import ModulesToSaveWrapper
-
-    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, (SmatLayer, ModulesToSaveWrapper))]
-    for name, module in wrapped:
-        parent_name, _, child = name.rpartition(".")
-        original = module.original_module if isinstance(module, ModulesToSaveWrapper) else module.get_base_layer()
-        setattr(model.get_submodule(parent_name), child, original)
-    if "peft_config" in model.__dict__:
-        del model.peft_config
-
-
 def load_compact(
     base_model: nn.Module,
     directory: Union[str, os.PathLike],
@@ -492,7 +479,7 @@ def load_compact(
         if check_base_weights:
             verify_base_weights(model, config.base_weights_fingerprint, where)
     except Exception:
-        _strip_adapter(base_model)
+        strip_smat_layers(base_model)
         raise
     model.requires_grad_(False)
     return model.eval()

@@ -803,8 +803,7 @@ def install_checked_load() -> None:
         @functools.wraps(from_pretrained)
         def checked_from_pretrained(cls, model: Any, model_id: Any, *args: Any, check_base_weights: bool = True,
                                     **kwargs: Any):
-            from .export import _strip_adapter
-            from .layer import SmatLayer
+            from .layer import SmatLayer, strip_smat_layers
 
             fresh = not any(isinstance(m, SmatLayer) for m in model.modules())
             token = checked_by_caller.set(True)
@@ -819,7 +818,7 @@ def install_checked_load() -> None:
                 return loaded
             except BaseException:
                 if fresh and any(isinstance(m, SmatLayer) for m in model.modules()):  # a SMAT load failed
-                    _strip_adapter(model)
+                    strip_smat_layers(model)
                 raise
 
         checked_from_pretrained._smat_checked = True

@@ -328,7 +328,7 @@ class SmatModel(BaseTuner):
         model = super()._unload_and_optionally_merge(merge=merge, **kwargs)
         for layer in layers:
             # The base modules now belong to the returned model: leaving a task must not restore them.
-            layer._original_params, layer.merged_adapters = None, []
+            layer.forget_merge()
         return model
 
     @classmethod
@@ -357,12 +357,12 @@ class SmatModel(BaseTuner):
     def _frozen_backbone(self) -> Iterator[None]:
         layers = [layer for _, layer in self.smat_layers()]
         for layer in layers:
-            layer._bypass = True
+            layer.pretrained_only = True
         try:
             yield
         finally:
             for layer in layers:
-                layer._bypass = False
+                layer.pretrained_only = False
 
     def support_features(self, support_pixel_values: torch.Tensor, **forward_kwargs: Any) -> torch.Tensor:
         """Features `[N, D]` of support images from the frozen pre-trained backbone (adapters bypassed, no grad)."""
@@ -578,12 +578,7 @@ class SmatModel(BaseTuner):
     @staticmethod
     def _merged_copy(layer: SmatLayer) -> nn.Module:
         """A copy of the layer's base module holding the current task's parameters (LoRA folded in)."""
-        params = layer.effective_params()
-        lora = [a for a in layer._active_smat_adapters() if a in layer.smat_lora_A]
-        if lora:
-            index = layer.param_names.index("weight")
-            params = list(params)
-            params[index] = params[index] + sum(layer._lora_weight(a).to(params[index].dtype) for a in lora)
+        params = layer.merged_params()
         replacements = {id(p): nn.Parameter(v.detach().clone()) for p, v in zip(layer.base_params, params)}
         return copy.deepcopy(layer.get_base_layer(), replacements)
 
