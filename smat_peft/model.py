@@ -29,7 +29,6 @@ from torch import nn
 
 from .constants import __version__
 from .config import SmatConfig
-from .hub import eval_results_metadata
 from .layer import SmatLayer, SmatModule
 from .peft_type import PREFIX
 from .router import RouterOutput, SmatRouter
@@ -41,7 +40,7 @@ from .targets import (
     parameter_units,
     reads_weights_directly,
 )
-from .validation import check_pixel_values, check_support
+from .validation import check_eval_results, check_pixel_values, check_support
 
 
 class SmatModel(BaseTuner):
@@ -611,7 +610,7 @@ class SmatModel(BaseTuner):
         adapter_name = adapter_name or self.active_adapters[0]
         if adapter_name not in self.peft_config:
             raise ValueError(f"No adapter named {adapter_name!r}; the adapters are {sorted(self.peft_config)}.")
-        eval_results_metadata(eval_results)  # validates the values now rather than at save time
+        check_eval_results(eval_results)  # now rather than at save time
         record = {"eval_results": dict(eval_results)}
         if meta_training is not None:
             record["meta_training"] = dict(meta_training)
