@@ -68,7 +68,7 @@ from .integrity import (
     download_adapter_file,
     file_sha256,
     read_adapter_config,
-    recover_directory,
+    recover_adapter_directory,
     staging_directory,
     verify_base_weights,
 )
@@ -266,7 +266,7 @@ def _compact_files(source: str, subfolder: Optional[str], **kwargs: Any) -> tupl
     """Local paths of a compact export's config and weights (downloaded for a Hub repo id), and a display name."""
     local = os.path.join(source, subfolder) if subfolder else source
     if os.path.isdir(local):
-        recover_directory(local)  # finish an export that a kill interrupted after it was complete
+        recover_adapter_directory(local)  # finish an export that a kill interrupted after it was complete
         weights = os.path.join(local, COMPACT_WEIGHTS_NAME)
         return os.path.join(local, CONFIG_NAME), weights if os.path.isfile(weights) else None, local
     if os.path.exists(local) or os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1:

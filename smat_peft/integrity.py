@@ -244,7 +244,7 @@ def check_adapter_dir(directory: str, allow_compact: bool = False) -> dict[str, 
         raise AdapterFileNotFoundError(
             f"SMAT adapter directory {directory} is {kind}: pass the directory that `save_pretrained` wrote."
         )
-    recover_directory(directory)  # finish a save that a kill interrupted after it was complete
+    recover_adapter_directory(directory)
     config_path = os.path.join(directory, CONFIG_NAME)
     attributes = read_adapter_config(config_path)
     compact = attributes.get("compact")
@@ -266,6 +266,15 @@ def check_adapter_dir(directory: str, allow_compact: bool = False) -> dict[str, 
             check_weights_match_config(header, attributes, weights, config_path)
     check_weights_checksum(weights, attributes.get("weights_sha256"), config_path)
     return attributes
+
+
+def recover_adapter_directory(directory: str) -> None:
+    """Finish a save into an adapter directory that a kill interrupted after it was complete
+    ([`recover_directory`]); one that cannot be finished raises `AdapterIntegrityError`."""
+    try:
+        recover_directory(directory)
+    except InterruptedCommitError as error:
+        raise AdapterIntegrityError(str(error)) from None
 
 
 def _weights_file(directory: str, compact: bool) -> Optional[str]:
@@ -349,11 +358,20 @@ def check_adapter(pretrained_model_name_or_path: str, subfolder: Optional[str] =
 
 # ----------------------------------------------------------------------------------------------------------------
 # atomic saving
+# `commit_directory` moves these last: peft's adapter config, which points at the weights moved before it.
+COMMITTED_LAST = "adapter_config.json"
+
+
+class InterruptedCommitError(ValueError):
+    """A commit into a directory that a killed process interrupted cannot be finished (its journal is unreadable or
+    names files outside the directory, or the files cannot be moved)."""
+
+
 def _commit_order(relative_path: str) -> int:
     name = os.path.basename(relative_path)
     if name.endswith((".safetensors", ".bin")):
         return 0  # weights first
-    return 2 if name == CONFIG_NAME else 1  # configs last: a config never points at weights not yet in place
+    return 2 if name == COMMITTED_LAST else 1  # configs last: a config never points at weights not yet in place
 
 
 def _fsync(path: str) -> None:
@@ -408,7 +426,7 @@ def recover_directory(target: str) -> bool:
             record = json.load(f)
         staging_name, files = record["staging"], list(record["files"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise AdapterIntegrityError(
+        raise InterruptedCommitError(
             f"{journal} records an interrupted save but cannot be read ({error}). Save the adapter again."
         ) from None
     safe = isinstance(staging_name, str) and _STAGING_NAME.match(staging_name) and all(
@@ -416,7 +434,7 @@ def recover_directory(target: str) -> bool:
         for rel in files
     )
     if not safe:
-        raise AdapterIntegrityError(f"{journal} names files outside the adapter directory; delete it and save again.")
+        raise InterruptedCommitError(f"{journal} names files outside the adapter directory; delete it and save again.")
     staging = os.path.join(os.path.dirname(os.path.realpath(target)), staging_name)
     try:
         for rel in files:
@@ -428,7 +446,7 @@ def recover_directory(target: str) -> bool:
         os.remove(journal)
         _fsync(target)
     except OSError as error:
-        raise AdapterIntegrityError(
+        raise InterruptedCommitError(
             f"A save into {target} was interrupted and cannot be completed here ({error}): the complete new files "
             f"are in {staging}. Run the load once with write access to {target}, or save the adapter again."
         ) from None
