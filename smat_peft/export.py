@@ -52,6 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic_io import commit_directory, discard_staging, file_sha256, staging_directory
 from .config import SmatConfig
 from .constants import DTYPES
 from .integrity import (
@@ -63,13 +64,9 @@ from .integrity import (
     check_adapter_dir,
     check_safetensors,
     check_weights_checksum,
-    commit_directory,
-    discard_staging,
     download_adapter_file,
-    file_sha256,
     read_adapter_config,
     recover_adapter_directory,
-    staging_directory,
     verify_base_weights,
 )
 from .layer import SmatLayer, strip_smat_layers

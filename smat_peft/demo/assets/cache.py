@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ...integrity import file_sha256 as sha256_file  # the package's one file hash, re-exported for the assets
+from ...atomic_io import file_sha256 as sha256_file  # the package's one file hash, re-exported for the assets
 
 
 CACHE_ENV: str = "SMAT_PEFT_CACHE"
