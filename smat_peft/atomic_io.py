@@ -17,7 +17,7 @@ Every writer in smat-peft (adapter saves, exports, training checkpoints, the dem
 here, with one contract: **a reader, or the next run after a kill at any instant, sees the previous content or the
 new one, never a mix**; whatever a killed writer leaves behind is recognisable by its name and removed later.
 
-- One file (`atomic_write_text`): the content goes to the sibling `<name>.tmp-<pid>`, is synced, and replaces
+- One file (`atomic_write`, `atomic_write_text`): the content goes to the sibling `<name>.tmp-<pid>`, is synced, and replaces
   `<name>` in one `os.replace`. A kill leaves the old `<name>` and at most a `<name>.tmp-<pid>` of a dead process.
 - A directory (`staging_directory`, then `commit_directory`): the new files are written into a fresh sibling
   `.<name>.tmp-<pid>-<random>` (same filesystem, so `os.replace` is atomic), then committed in this order:
@@ -46,6 +46,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,15 +96,33 @@ JOURNAL_NAME = ".smat_commit.json"
 _STAGING_NAME = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through a synced temporary sibling and one `os.replace`: a reader or a crash
-    sees the old file or the new one, never a partial write."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Write the file `path` through `write(tmp)`, which creates the temporary sibling `tmp` (`<path>.tmp-<pid>`);
+    `tmp` is then synced and replaces `path` in one `os.replace`: a reader or a crash sees the old file or the new
+    one, never a partial write. If `write` raises, `tmp` is removed and `path` is left as it was.
+
+    Example:
+
+    ```py
+    >>> from safetensors.torch import save_file
+    >>> atomic_write("activations.safetensors", lambda tmp: save_file(tensors, tmp))  # doctest: +SKIP
+    ```
+    """
+    path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` with [`atomic_write`]."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def recover_directory(target: str) -> bool:
