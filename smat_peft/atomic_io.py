@@ -13,12 +13,13 @@
 # limitations under the License.
 """Crash-safe writes of files and directories, and file checksums: what a reader sees if the process dies.
 
-Every writer in smat-peft (adapter saves, exports, training checkpoints, the demo's results and caches) goes through
-here, with one contract: **a reader, or the next run after a kill at any instant, sees the previous content or the
-new one, never a mix**; whatever a killed writer leaves behind is recognisable by its name and removed later.
+Every crash-safe write in smat-peft (adapter saves, exports, training checkpoints, the demo's results and caches)
+goes through here, with one contract: **a reader, or the next run after a kill at any instant, sees the previous
+content or the new one, never a mix**; whatever a killed writer leaves behind is recognisable by its name.
 
-- One file (`atomic_write`, `atomic_write_text`): the content goes to the sibling `<name>.tmp-<pid>`, is synced, and replaces
-  `<name>` in one `os.replace`. A kill leaves the old `<name>` and at most a `<name>.tmp-<pid>` of a dead process.
+- One file (`atomic_write`, `atomic_write_text`): the content goes to the sibling `<name>.tmp-<pid>`, is synced,
+  and replaces `<name>` in one `os.replace`. A kill leaves the old `<name>` and at most a `<name>.tmp-<pid>` of a
+  dead process.
 - A directory (`staging_directory`, then `commit_directory`): the new files are written into a fresh sibling
   `.<name>.tmp-<pid>-<random>` (same filesystem, so `os.replace` is atomic), then committed in this order:
 
@@ -33,6 +34,9 @@ new one, never a mix**; whatever a killed writer leaves behind is recognisable b
   `recover_directory` (run by the next commit into `<name>` and by every loader) rolls the move forward; a kill
   during 2 leaves a `.smat_commit.json.tmp-<pid>`, which never counted and is dropped. `remove_stale_temporaries`
   deletes the staging folders of dead processes (a live pid is another writer at work: left alone).
+- A cache folder (`staged_folder`): filled in a private sibling `.<name>.<random>` that replaces the whole folder at
+  once, without a journal: a cache can be built again, and its manifest's checksums (`folder_checksums`, with
+  `file_sha256`) reject a folder that a kill left half removed.
 
 The names on disk are an interface: the trainer's clean-up of its output directory and the Hub upload filter
 (`hub.py`) recognise `*.tmp-*` and `.smat_commit.json`, and old output directories must still be recovered.
@@ -46,12 +50,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# files
+# checksums
 def file_sha256(path: str, chunk_size: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -59,6 +64,11 @@ def file_sha256(path: str, chunk_size: int = 1 << 22) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """`{relative path: SHA-256}` of every file under `folder`, in path order (what a manifest records)."""
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -270,3 +280,38 @@ def staging_directory(target: str) -> str:
     os.makedirs(parent, exist_ok=True)
     remove_stale_temporaries(target)
     return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-{os.getpid()}-", dir=parent)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a whole folder, replaced at once (caches)
+def make_readable(folder: Path) -> None:
+    """Give a finished temporary folder (created private by `mkdtemp`) the usual permissions under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A private temporary sibling of `target` to fill; when the block ends it is made readable and replaces
+    `target` in one `os.replace` (a reader sees the old folder or the new one, never half of one); if the block
+    raises, it is removed and `target` is left as it was.
+
+    For caches (the demo assets), not for what must stay loadable: unlike [`commit_directory`] it replaces the whole
+    folder (files only the old one had are gone) and keeps no journal, because a cache can always be built again: a
+    kill while the old folder is being removed leaves part of it, which the cache's loaders reject through the
+    checksums of its manifest (see `folder_checksums`), and a kill before the rename leaves no folder (built again).
+    Its temporary is `.<name>.<random>`.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        make_readable(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
