@@ -284,7 +284,7 @@ def staging_directory(target: str) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # a whole folder, replaced at once (caches)
-def make_readable(folder: Path) -> None:
+def _make_readable(folder: Path) -> None:
     """Give a finished temporary folder (created private by `mkdtemp`) the usual permissions under the umask."""
     umask = os.umask(0)
     os.umask(umask)
@@ -308,7 +308,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
-        make_readable(tmp)
+        _make_readable(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
