@@ -52,6 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic_io import commit_directory, discard_staging, file_sha256, staging_directory
 from .config import SmatConfig
 from .constants import DTYPES
 from .integrity import (
@@ -63,13 +64,9 @@ from .integrity import (
     check_adapter_dir,
     check_safetensors,
     check_weights_checksum,
-    commit_directory,
-    discard_staging,
     download_adapter_file,
-    file_sha256,
     read_adapter_config,
-    recover_directory,
-    staging_directory,
+    recover_adapter_directory,
     verify_base_weights,
 )
 from .layer import SmatLayer, strip_smat_layers
@@ -266,7 +263,7 @@ def _compact_files(source: str, subfolder: Optional[str], **kwargs: Any) -> tupl
     """Local paths of a compact export's config and weights (downloaded for a Hub repo id), and a display name."""
     local = os.path.join(source, subfolder) if subfolder else source
     if os.path.isdir(local):
-        recover_directory(local)  # finish an export that a kill interrupted after it was complete
+        recover_adapter_directory(local)  # finish an export that a kill interrupted after it was complete
         weights = os.path.join(local, COMPACT_WEIGHTS_NAME)
         return os.path.join(local, CONFIG_NAME), weights if os.path.isfile(weights) else None, local
     if os.path.exists(local) or os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1:

@@ -64,8 +64,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import SmatConfig, get_smat_model
+from ..atomic_io import atomic_write_text, commit_directory, staging_directory
 from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, specialisation_score
-from ..integrity import atomic_write_text, commit_directory, staging_directory
 from ..model import SmatModel
 from ..targets import DEFAULT_TARGET_MODULES
 from ..training import MetaTrainingArguments, SmatMetaTrainer

@@ -40,11 +40,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from ..diagnostics import mask_saturation
-from ..integrity import (
+from ..atomic_io import (
     JOURNAL_NAME,
     atomic_write_text,
-    check_adapter_dir,
     commit_directory,
     discard_staging,
     process_alive,
@@ -52,6 +50,8 @@ from ..integrity import (
     remove_stale_temporaries,
     staging_directory,
 )
+from ..diagnostics import mask_saturation
+from ..integrity import check_adapter_dir
 from ..model import SmatModel
 from .arguments import MetaTrainingArguments
 from .episodes import EpisodeSampler
