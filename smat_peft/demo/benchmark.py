@@ -51,7 +51,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import shutil
 import time
@@ -66,6 +65,7 @@ from tqdm.auto import tqdm
 from .. import SmatConfig, get_smat_model
 from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, specialisation_score
 from ..integrity import atomic_write_text, commit_directory, staging_directory
+from ..masks import HardConcrete
 from ..model import SmatModel
 from ..targets import DEFAULT_TARGET_MODULES
 from ..training import MetaTrainingArguments, SmatMetaTrainer
@@ -383,9 +383,8 @@ def smat_config(args: DemoArguments, backbone: nn.Module, sparsity: float, metho
     config = SmatConfig(num_experts=args.num_experts, sparsity=sparsity, target_modules=target,
                         mask_noise=args.mask_noise, router_test_temperature=args.router_test_temperature)
     if args.mask_init_at_target:
-        # the median element's P(z ≠ 0) = σ(μ − β·log(−γ/ζ)) at 1 − τ
-        shift = config.hard_concrete_beta * math.log(-config.hard_concrete_gamma / config.hard_concrete_zeta)
-        config.mask_init_mean = shift + math.log((1 - sparsity) / sparsity)
+        # the median element's P(z ≠ 0) at 1 − τ
+        config.mask_init_mean = HardConcrete.from_config(config).log_alpha_at_sparsity(sparsity)
     return config
 
 
