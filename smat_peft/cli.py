@@ -381,10 +381,11 @@ def smat_config_from_args(model_args: Any) -> Any:
     from dataclasses import MISSING, fields
 
     from . import SmatConfig
+    from .config import read_config_file
 
     values: dict[str, Any] = {}
     if model_args.smat_config:
-        values = _load_config(model_args.smat_config)
+        values = read_config_file(model_args.smat_config)
         known = {f.name for f in fields(SmatConfig)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -454,19 +455,6 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load_config(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            config = yaml.safe_load(f) or {}
-        else:
-            config = json.load(f)
-    if not isinstance(config, dict):
-        raise ValueError(f"Config file {path!r} must hold a mapping of argument names to values.")
-    return config
-
-
 COMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_demo_parser,
     add_assets_parser,
@@ -509,7 +497,9 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
     if not path:
         return
     subparser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[known.command]
-    config = _load_config(path)
+    from .config import read_config_file
+
+    config = read_config_file(path)
     allowed = {a.dest for a in subparser._actions}
     unknown = sorted(set(config) - allowed)
     if unknown:

@@ -13,10 +13,11 @@
 # limitations under the License.
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from peft.config import PeftConfig
 
@@ -322,3 +323,16 @@ class SmatConfig(PeftConfig):
                 stacklevel=2,
             )
         return super().check_kwargs(**kwargs)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            config = yaml.safe_load(f) or {}
+        else:
+            config = json.load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"Config file {path!r} must hold a mapping of argument names to values.")
+    return config
