@@ -377,31 +377,19 @@ def _build_model(model_args, for_training: bool, seed: Optional[int] = None):
 
 def smat_config_from_args(model_args: Any) -> Any:
     """The `SmatConfig` of a new adapter: `--smat_config`'s fields (checked), then the flags given away from their
-    defaults."""
+    defaults (`load_smat_config`)."""
     from dataclasses import MISSING, fields
 
-    from . import SmatConfig
-    from .config import read_config_file
+    from .config import load_smat_config
 
-    values: dict[str, Any] = {}
-    if model_args.smat_config:
-        values = read_config_file(model_args.smat_config)
-        known = {f.name for f in fields(SmatConfig)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"--smat_config {model_args.smat_config}: unknown SmatConfig field(s) {unknown}. The fields are "
-                f"{sorted(known)} (see `help(smat_peft.SmatConfig)`)."
-            )
     defaults = {f.name: f.default for f in fields(type(model_args)) if f.default is not MISSING}
-    for name in ("num_experts", "sparsity", "target_all_parameters"):
-        if name not in values or getattr(model_args, name) != defaults[name]:
-            values[name] = getattr(model_args, name)
-    values.pop("peft_type", None)
+    # the flags' defaults are SmatConfig's, so a flag left at its default leaves the file's value (or the default)
+    overrides = {name: getattr(model_args, name) for name in ("num_experts", "sparsity", "target_all_parameters")
+                 if getattr(model_args, name) != defaults[name]}
     try:
-        return SmatConfig(**values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"--smat_config {model_args.smat_config}: {error}") from error
+        return load_smat_config(model_args.smat_config, **overrides)
+    except ValueError as error:
+        raise ValueError(f"--smat_config {error}" if model_args.smat_config else str(error)) from error
 
 
 def run_meta_train(args: argparse.Namespace) -> int:
