@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -70,6 +69,7 @@ from .integrity import (
     verify_base_weights,
 )
 from .layer import SmatLayer, strip_smat_layers
+from .masks import HardConcrete
 
 
 COMPACT_FORMAT_VERSION = 1
@@ -99,8 +99,7 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 def threshold_logit(config: SmatConfig) -> float:
     """The `log α` above which the eval mask exceeds `MASK_THRESHOLD`: `logit((0.5 − γ)/(ζ − γ))` (0 by default)."""
-    p = (MASK_THRESHOLD - config.hard_concrete_gamma) / (config.hard_concrete_zeta - config.hard_concrete_gamma)
-    return math.log(p / (1.0 - p))
+    return HardConcrete.from_config(config).eval_logit(MASK_THRESHOLD)
 
 
 def binary_masks(log_alpha: torch.Tensor, config: SmatConfig) -> torch.Tensor:
@@ -111,10 +110,7 @@ def binary_masks(log_alpha: torch.Tensor, config: SmatConfig) -> torch.Tensor:
 def saturated_logit(config: SmatConfig) -> float:
     """The `log α` magnitude `load_compact` writes: `mask_logit_clip`, or more if the eval mask is not exactly 0/1
     there (it is from `|log α| ≥ log(11) ≈ 2.4` with the default γ, ζ)."""
-    gamma, zeta = config.hard_concrete_gamma, config.hard_concrete_zeta
-    p_one, p_zero = (1.0 - gamma) / (zeta - gamma), -gamma / (zeta - gamma)
-    needed = max(math.log(p_one / (1.0 - p_one)), -math.log(p_zero / (1.0 - p_zero)))
-    return max(config.mask_logit_clip, needed + 1.0)
+    return max(config.mask_logit_clip, HardConcrete.from_config(config).eval_saturation_logit + 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -59,16 +59,6 @@ def in_out_features(module: nn.Module) -> tuple[Optional[int], Optional[int]]:
     return None, None
 
 
-def hard_concrete(config: SmatConfig) -> HardConcrete:
-    return HardConcrete(
-        beta=config.hard_concrete_beta,
-        gamma=config.hard_concrete_gamma,
-        zeta=config.hard_concrete_zeta,
-        noise=config.mask_noise,
-        noise_table=config.mask_noise_table,
-    )
-
-
 def initial_mask_logits(config: SmatConfig, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Initial `log α` of one parameter's `M` masks, as `config.mask_init` says (see `SmatConfig`)."""
     log_alpha = torch.empty(shape, dtype=torch.float32, device=device)
@@ -177,7 +167,7 @@ class SmatLayer(BaseTunerLayer):
         if cached is not None and cached[0] == key:
             return cached[1:]
         with torch.no_grad():
-            masks = hard_concrete(self.smat_config[adapter]).eval_mask(log_alpha)
+            masks = HardConcrete.from_config(self.smat_config[adapter]).eval_mask(log_alpha)
             packed = masks.shape[0] <= MAX_PACKED_EXPERTS and bool(((masks == 0) | (masks == 1)).all())
             value = pack_binary(masks) if packed else masks
         self._eval_masks[(adapter, index)] = (key, value, packed)
@@ -186,12 +176,12 @@ class SmatLayer(BaseTunerLayer):
     def merged_masks(self, adapter: str, weights: torch.Tensor, sample: Optional[bool] = None) -> list[torch.Tensor]:
         """`Σ_m α_m z_m` for every adapted parameter: sampled hard-concrete masks if `sample` (default: in training),
         the deterministic eval masks otherwise."""
-        config = self.smat_config[adapter]
+        hc = HardConcrete.from_config(self.smat_config[adapter])
         sample = self.training if sample is None else sample
         merged = []
         for index in range(len(self.param_names)):
             if sample:
-                merged.append(hard_concrete(config).sample_merged(self.smat_log_alpha[adapter][index], weights))
+                merged.append(hc.sample_merged(self.smat_log_alpha[adapter][index], weights))
             else:
                 value, packed = self._eval_mask(adapter, index)
                 merged.append(merge_packed(value, weights.float()) if packed else merge_dense(value, weights))
@@ -202,7 +192,7 @@ class SmatLayer(BaseTunerLayer):
 
         Counted from `log α` against the eval threshold, without building the masks; cached until `log α` changes.
         """
-        hc = hard_concrete(self.smat_config[adapter])
+        hc = HardConcrete.from_config(self.smat_config[adapter])
         total = 0
         for index, p in enumerate(self.base_params):
             log_alpha = self.smat_log_alpha[adapter][index]
@@ -219,7 +209,7 @@ class SmatLayer(BaseTunerLayer):
 
     def expected_nonzero(self, adapter: str) -> torch.Tensor:
         """Expected number of non-zero mask elements per expert `[M]` (expected L0), differentiable w.r.t. `log α`."""
-        hc = hard_concrete(self.smat_config[adapter])
+        hc = HardConcrete.from_config(self.smat_config[adapter])
         total = 0
         for index, p in enumerate(self.base_params):
             log_alpha = self.smat_log_alpha[adapter][index]

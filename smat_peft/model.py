@@ -27,7 +27,7 @@ from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from .constants import __version__
+from .constants import DTYPES, __version__
 from .config import SmatConfig
 from .layer import SmatLayer, SmatModule
 from .peft_type import PREFIX
@@ -285,7 +285,7 @@ class SmatModel(BaseTuner):
         Parameters are converted in place (`.data`), so optimizers holding them stay valid.
         """
         config = self.peft_config[adapter_name]
-        mask_dtype = getattr(torch, config.mask_dtype)
+        mask_dtype = DTYPES[config.mask_dtype]
         adapted_dtypes = []
         for name, layer in self.smat_layers():
             if adapter_name not in layer.smat_delta:
