@@ -355,7 +355,7 @@ def _training_dataclasses(args: argparse.Namespace):
 def _build_model(model_args, for_training: bool, seed: Optional[int] = None):
     from transformers import AutoImageProcessor, AutoModel, set_seed
 
-    from . import SmatConfig, get_smat_model
+    from . import get_smat_model
 
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a local transformers model directory or a Hub id).")
