@@ -13,7 +13,7 @@
 # limitations under the License.
 """smat-peft: SMAT (Sparse MetA-Tuning) sparse interpolated experts as a peft method for vision transformers."""
 
-from .config import SmatConfig
+from .config import SmatConfig, load_smat_config
 from .constants import __version__
 from .export import export_compact, load_compact
 from .hub import build_model_card, install_model_card, install_push_to_hub, push_smat_to_hub, smat_model_card
@@ -91,6 +91,7 @@ __all__ = [
     "export_compact",
     "get_smat_model",
     "load_compact",
+    "load_smat_config",
     "push_smat_to_hub",
     "smat_model_card",
 ]

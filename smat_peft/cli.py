@@ -355,7 +355,7 @@ def _training_dataclasses(args: argparse.Namespace):
 def _build_model(model_args, for_training: bool, seed: Optional[int] = None):
     from transformers import AutoImageProcessor, AutoModel, set_seed
 
-    from . import SmatConfig, get_smat_model
+    from . import get_smat_model
 
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a local transformers model directory or a Hub id).")
@@ -377,30 +377,19 @@ def _build_model(model_args, for_training: bool, seed: Optional[int] = None):
 
 def smat_config_from_args(model_args: Any) -> Any:
     """The `SmatConfig` of a new adapter: `--smat_config`'s fields (checked), then the flags given away from their
-    defaults."""
+    defaults (`load_smat_config`)."""
     from dataclasses import MISSING, fields
 
-    from . import SmatConfig
+    from .config import load_smat_config
 
-    values: dict[str, Any] = {}
-    if model_args.smat_config:
-        values = _load_config(model_args.smat_config)
-        known = {f.name for f in fields(SmatConfig)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"--smat_config {model_args.smat_config}: unknown SmatConfig field(s) {unknown}. The fields are "
-                f"{sorted(known)} (see `help(smat_peft.SmatConfig)`)."
-            )
     defaults = {f.name: f.default for f in fields(type(model_args)) if f.default is not MISSING}
-    for name in ("num_experts", "sparsity", "target_all_parameters"):
-        if name not in values or getattr(model_args, name) != defaults[name]:
-            values[name] = getattr(model_args, name)
-    values.pop("peft_type", None)
+    # the flags' defaults are SmatConfig's, so a flag left at its default leaves the file's value (or the default)
+    overrides = {name: getattr(model_args, name) for name in ("num_experts", "sparsity", "target_all_parameters")
+                 if getattr(model_args, name) != defaults[name]}
     try:
-        return SmatConfig(**values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"--smat_config {model_args.smat_config}: {error}") from error
+        return load_smat_config(model_args.smat_config, **overrides)
+    except ValueError as error:
+        raise ValueError(f"--smat_config {error}" if model_args.smat_config else str(error)) from error
 
 
 def run_meta_train(args: argparse.Namespace) -> int:
@@ -454,19 +443,6 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load_config(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            config = yaml.safe_load(f) or {}
-        else:
-            config = json.load(f)
-    if not isinstance(config, dict):
-        raise ValueError(f"Config file {path!r} must hold a mapping of argument names to values.")
-    return config
-
-
 COMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_demo_parser,
     add_assets_parser,
@@ -509,7 +485,9 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
     if not path:
         return
     subparser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[known.command]
-    config = _load_config(path)
+    from .config import read_config_file
+
+    config = read_config_file(path)
     allowed = {a.dest for a in subparser._actions}
     unknown = sorted(set(config) - allowed)
     if unknown:

@@ -13,10 +13,11 @@
 # limitations under the License.
 from __future__ import annotations
 
+import json
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Optional, Union
 
 from peft.config import PeftConfig
 
@@ -322,3 +323,53 @@ class SmatConfig(PeftConfig):
                 stacklevel=2,
             )
         return super().check_kwargs(**kwargs)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The mapping a `.json`, `.yaml` or `.yml` file holds; a `ValueError` naming the file if it is not one."""
+    with open(path) as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            try:
+                config = yaml.safe_load(f) or {}
+            except yaml.YAMLError as error:
+                raise ValueError(f"Config file {path!r} is not valid YAML ({error}).") from None
+        else:
+            try:
+                config = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"Config file {path!r} is not valid JSON ({error}); YAML files end in .yaml or "
+                                 ".yml.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"Config file {path!r} must hold a mapping of argument names to values.")
+    return config
+
+
+def load_smat_config(path: Optional[str] = None, **overrides: Any) -> SmatConfig:
+    """A `SmatConfig` from a JSON or YAML file of its fields (`path`; `None`: no file), then `overrides` on top.
+
+    This is what `--smat_config FILE` means for `smat-peft meta-train` and `smat-peft demo`. A `peft_type` key is
+    ignored; unknown fields, invalid values and files that are not a JSON or YAML mapping raise a `ValueError` that
+    names the file.
+
+    Example:
+
+    ```py
+    >>> load_smat_config(None, num_experts=4).num_experts
+    4
+    >>> load_smat_config("smat.yaml", sparsity=0.8)  # doctest: +SKIP
+    ```
+    """
+    values = read_config_file(path) if path else {}
+    known = {f.name for f in fields(SmatConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown SmatConfig field(s) {unknown}. The fields are {sorted(known)} (see "
+                         "`help(smat_peft.SmatConfig)`).")
+    values.pop("peft_type", None)
+    values.update(overrides)
+    try:
+        return SmatConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}" if path else str(error)) from error

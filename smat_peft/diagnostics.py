@@ -41,7 +41,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .layer import hard_concrete
+from .masks import HardConcrete
 from .model import SmatModel
 from .router import SmatRouter
 
@@ -78,7 +78,7 @@ def eval_mask_overlap(model: nn.Module, adapter_name: Optional[str] = None) -> d
     smat = _smat(model)
     adapter_name = adapter_name or smat.active_adapters[0]
     config = smat.peft_config[adapter_name]
-    threshold = hard_concrete(config).eval_nonzero_threshold
+    threshold = HardConcrete.from_config(config).eval_nonzero_threshold
     intersection, count, total = 0, 0, 0
     for _, layer in smat.smat_layers():
         if adapter_name not in layer.smat_log_alpha:

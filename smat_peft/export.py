@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic_io import commit_directory, discard_staging, file_sha256, staging_directory
 from .config import SmatConfig
 from .constants import DTYPES
 from .integrity import (
@@ -63,16 +63,13 @@ from .integrity import (
     check_adapter_dir,
     check_safetensors,
     check_weights_checksum,
-    commit_directory,
-    discard_staging,
     download_adapter_file,
-    file_sha256,
     read_adapter_config,
-    recover_directory,
-    staging_directory,
+    recover_adapter_directory,
     verify_base_weights,
 )
-from .layer import SmatLayer
+from .layer import SmatLayer, strip_smat_layers
+from .masks import HardConcrete
 
 
 COMPACT_FORMAT_VERSION = 1
@@ -102,8 +99,7 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 def threshold_logit(config: SmatConfig) -> float:
     """The `log α` above which the eval mask exceeds `MASK_THRESHOLD`: `logit((0.5 − γ)/(ζ − γ))` (0 by default)."""
-    p = (MASK_THRESHOLD - config.hard_concrete_gamma) / (config.hard_concrete_zeta - config.hard_concrete_gamma)
-    return math.log(p / (1.0 - p))
+    return HardConcrete.from_config(config).eval_logit(MASK_THRESHOLD)
 
 
 def binary_masks(log_alpha: torch.Tensor, config: SmatConfig) -> torch.Tensor:
@@ -114,10 +110,7 @@ def binary_masks(log_alpha: torch.Tensor, config: SmatConfig) -> torch.Tensor:
 def saturated_logit(config: SmatConfig) -> float:
     """The `log α` magnitude `load_compact` writes: `mask_logit_clip`, or more if the eval mask is not exactly 0/1
     there (it is from `|log α| ≥ log(11) ≈ 2.4` with the default γ, ζ)."""
-    gamma, zeta = config.hard_concrete_gamma, config.hard_concrete_zeta
-    p_one, p_zero = (1.0 - gamma) / (zeta - gamma), -gamma / (zeta - gamma)
-    needed = max(math.log(p_one / (1.0 - p_one)), -math.log(p_zero / (1.0 - p_zero)))
-    return max(config.mask_logit_clip, needed + 1.0)
+    return max(config.mask_logit_clip, HardConcrete.from_config(config).eval_saturation_logit + 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -266,7 +259,7 @@ def _compact_files(source: str, subfolder: Optional[str], **kwargs: Any) -> tupl
     """Local paths of a compact export's config and weights (downloaded for a Hub repo id), and a display name."""
     local = os.path.join(source, subfolder) if subfolder else source
     if os.path.isdir(local):
-        recover_directory(local)  # finish an export that a kill interrupted after it was complete
+        recover_adapter_directory(local)  # finish an export that a kill interrupted after it was complete
         weights = os.path.join(local, COMPACT_WEIGHTS_NAME)
         return os.path.join(local, CONFIG_NAME), weights if os.path.isfile(weights) else None, local
     if os.path.exists(local) or os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1:
@@ -395,19 +388,6 @@ def _check_base_parameter(base_model: nn.Module, name: str, position: int, shape
         )
 
 
-def _strip_adapter(model: nn.Module) -> None:
-    """Undo a failed injection: put the original modules back in place of SMAT layers and modules_to_save."""
-    from peft.utils import ModulesToSaveWrapper
-
-    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, (SmatLayer, ModulesToSaveWrapper))]
-    for name, module in wrapped:
-        parent_name, _, child = name.rpartition(".")
-        original = module.original_module if isinstance(module, ModulesToSaveWrapper) else module.get_base_layer()
-        setattr(model.get_submodule(parent_name), child, original)
-    if "peft_config" in model.__dict__:
-        del model.peft_config
-
-
 def load_compact(
     base_model: nn.Module,
     directory: Union[str, os.PathLike],
@@ -492,7 +472,7 @@ def load_compact(
         if check_base_weights:
             verify_base_weights(model, config.base_weights_fingerprint, where)
     except Exception:
-        _strip_adapter(base_model)
+        strip_smat_layers(base_model)
         raise
     model.requires_grad_(False)
     return model.eval()

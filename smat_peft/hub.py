@@ -38,6 +38,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .constants import __version__
 from .config import SmatConfig
+from .validation import format_accuracy
 
 
 PAPER_URL = "https://arxiv.org/abs/2403.08477"
@@ -58,18 +59,9 @@ def _format_targets(config: SmatConfig) -> str:
     return ", ".join(f"`{name}`" for name in sorted(targets))
 
 
-def _format_accuracy(domain: str, value: Union[float, str]) -> str:
-    if isinstance(value, str):
-        return value
-    value = float(value)
-    if not 0.0 <= value <= 100.0:
-        raise ValueError(f"`eval_results[{domain!r}]` must be an accuracy in [0, 1] or [0, 100], got {value}.")
-    return f"{100.0 * value if value <= 1.0 else value:.2f}"
-
-
 def _accuracy_value(domain: str, value: Union[float, str]) -> Optional[float]:
     """The accuracy in percent for `model-index`: a number, or the leading number of a string such as "80.1 ± 0.7"."""
-    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)?)", _format_accuracy(domain, value))
+    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)?)", format_accuracy(domain, value))
     return round(float(match.group(1)), 2) if match else None
 
 
@@ -104,8 +96,8 @@ def eval_results_metadata(eval_results: Mapping[str, Union[float, str]]) -> list
 
 
 def _evaluation_section(eval_results: Mapping[str, Union[float, str]]) -> list[str]:
-    rows = [f"| {domain} | {_format_accuracy(domain, value)} |" for domain, value in eval_results.items()]
-    numeric = [float(_format_accuracy(d, v)) for d, v in eval_results.items() if not isinstance(v, str)]
+    rows = [f"| {domain} | {format_accuracy(domain, value)} |" for domain, value in eval_results.items()]
+    numeric = [float(format_accuracy(d, v)) for d, v in eval_results.items() if not isinstance(v, str)]
     if 1 < len(numeric) == len(eval_results):
         rows.append(f"| **mean** | **{sum(numeric) / len(numeric):.2f}** |")
     return ["## Evaluation", "", "| Domain | Accuracy (%) |", "|---|---|", *rows, ""]

@@ -37,17 +37,22 @@ loadable, and the next save or load finishes an interrupted commit and removes s
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import os
-import re
 import shutil
-import tempfile
 from typing import Any, Optional
 
 from huggingface_hub import hf_hub_download
 
+from .atomic_io import (
+    InterruptedCommitError,
+    commit_directory,
+    discard_staging,
+    file_sha256,
+    recover_directory,
+    staging_directory,
+)
 from .constants import SMAT_FORMAT_VERSION, __version__
 
 
@@ -73,15 +78,6 @@ class AdapterFileNotFoundError(AdapterIntegrityError, FileNotFoundError):
 
 # ----------------------------------------------------------------------------------------------------------------
 # files
-def file_sha256(path: str, chunk_size: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_adapter_config(path: str) -> dict[str, Any]:
     """Read an `adapter_config.json` as a dict, checking that it is a SMAT config this release can read.
 
@@ -244,7 +240,7 @@ def check_adapter_dir(directory: str, allow_compact: bool = False) -> dict[str, 
         raise AdapterFileNotFoundError(
             f"SMAT adapter directory {directory} is {kind}: pass the directory that `save_pretrained` wrote."
         )
-    recover_directory(directory)  # finish a save that a kill interrupted after it was complete
+    recover_adapter_directory(directory)
     config_path = os.path.join(directory, CONFIG_NAME)
     attributes = read_adapter_config(config_path)
     compact = attributes.get("compact")
@@ -266,6 +262,15 @@ def check_adapter_dir(directory: str, allow_compact: bool = False) -> dict[str, 
             check_weights_match_config(header, attributes, weights, config_path)
     check_weights_checksum(weights, attributes.get("weights_sha256"), config_path)
     return attributes
+
+
+def recover_adapter_directory(directory: str) -> None:
+    """Finish a save into an adapter directory that a kill interrupted after it was complete
+    ([`recover_directory`]); one that cannot be finished raises `AdapterIntegrityError`."""
+    try:
+        recover_directory(directory)
+    except InterruptedCommitError as error:
+        raise AdapterIntegrityError(str(error)) from None
 
 
 def _weights_file(directory: str, compact: bool) -> Optional[str]:
@@ -349,188 +354,6 @@ def check_adapter(pretrained_model_name_or_path: str, subfolder: Optional[str] =
 
 # ----------------------------------------------------------------------------------------------------------------
 # atomic saving
-def _commit_order(relative_path: str) -> int:
-    name = os.path.basename(relative_path)
-    if name.endswith((".safetensors", ".bin")):
-        return 0  # weights first
-    return 2 if name == CONFIG_NAME else 1  # configs last: a config never points at weights not yet in place
-
-
-def _fsync(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-JOURNAL_NAME = ".smat_commit.json"
-_STAGING_NAME = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-[A-Za-z0-9_]+$")
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through a synced temporary sibling and one `os.replace`: a reader or a crash
-    sees the old file or the new one, never a partial write."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def recover_directory(target: str) -> bool:
-    """Finish a commit into `target` that a killed process left half done; return whether there was one.
-
-    [`commit_directory`] writes a journal (`.smat_commit.json`: the staging directory and its files) into `target`
-    before it moves the first file and removes it after the last, so a journal on disk means "the staging directory
-    is complete, roll forward": the files still in staging are moved into place. Run by every save into `target` and
-    by every SMAT loader before it checks `target`.
-    """
-    journal = os.path.join(target, JOURNAL_NAME)
-    if os.path.isdir(target):  # a journal that a kill left half written never counted: drop it
-        for name in os.listdir(target):
-            pid = name[len(JOURNAL_NAME) + len(".tmp-"):]
-            if name.startswith(f"{JOURNAL_NAME}.tmp-") and pid.isdigit() and not process_alive(int(pid)):
-                try:
-                    os.remove(os.path.join(target, name))
-                except OSError:
-                    pass
-    if not os.path.isfile(journal):
-        return False
-    try:
-        with open(journal, encoding="utf-8") as f:
-            record = json.load(f)
-        staging_name, files = record["staging"], list(record["files"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise AdapterIntegrityError(
-            f"{journal} records an interrupted save but cannot be read ({error}). Save the adapter again."
-        ) from None
-    safe = isinstance(staging_name, str) and _STAGING_NAME.match(staging_name) and all(
-        isinstance(rel, str) and not os.path.isabs(rel) and ".." not in rel.replace("\\", "/").split("/")
-        for rel in files
-    )
-    if not safe:
-        raise AdapterIntegrityError(f"{journal} names files outside the adapter directory; delete it and save again.")
-    staging = os.path.join(os.path.dirname(os.path.realpath(target)), staging_name)
-    try:
-        for rel in files:
-            source = os.path.join(staging, rel)
-            if os.path.isfile(source):
-                os.makedirs(os.path.dirname(os.path.join(target, rel)), exist_ok=True)
-                os.replace(source, os.path.join(target, rel))
-        _fsync(target)
-        os.remove(journal)
-        _fsync(target)
-    except OSError as error:
-        raise AdapterIntegrityError(
-            f"A save into {target} was interrupted and cannot be completed here ({error}): the complete new files "
-            f"are in {staging}. Run the load once with write access to {target}, or save the adapter again."
-        ) from None
-    shutil.rmtree(staging, ignore_errors=True)
-    return True
-
-
-def commit_directory(staging: str, target: str) -> list[str]:
-    """Move every file of `staging` into `target` (same relative paths), so that a kill at any instant leaves
-    either the previous files or the new ones loadable; returns the relative paths moved.
-
-    The files are made durable, then a journal naming `staging` and its files is written into `target` (one atomic
-    `os.replace`): from that instant the save counts as done, and [`recover_directory`] (run by the next save and by
-    every SMAT loader) finishes a move that a kill interrupted. Then each file replaces its previous version with
-    `os.replace` (weights first, configs last), the journal is removed and `staging` deleted. Other files in
-    `target` are left alone. `staging` must be a sibling of `target` made by [`staging_directory`].
-    """
-    target = os.path.realpath(target)
-    files = []
-    for root, _, names in os.walk(staging):
-        for name in names:
-            files.append(os.path.relpath(os.path.join(root, name), staging))
-    files.sort(key=lambda rel: (_commit_order(rel), rel))
-    os.makedirs(target, exist_ok=True)
-    recover_directory(target)
-    for rel in files:
-        _fsync(os.path.join(staging, rel))
-    for root, _, _ in os.walk(staging):
-        _fsync(root)
-    journal = os.path.join(target, JOURNAL_NAME)
-    atomic_write_text(journal, json.dumps({"staging": os.path.basename(os.path.normpath(staging)), "files": files}))
-    _fsync(target)
-    for rel in files:
-        destination = os.path.join(target, rel)
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-        os.replace(os.path.join(staging, rel), destination)
-    _fsync(target)
-    os.remove(journal)
-    _fsync(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    return files
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this machine (a temporary named after a dead one is stale)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, AttributeError):
-        return True
-    return True
-
-
-def remove_stale_temporaries(target: str) -> list[str]:
-    """Delete the staging directories that killed saves into `target` left beside it; return their paths.
-
-    A staging directory `.<name>.tmp-<pid>-<random>` is stale when process `<pid>` no longer runs and no journal in
-    `target` still needs it (see [`recover_directory`]).
-    """
-    target = os.path.realpath(target)
-    parent, base = os.path.dirname(target), os.path.basename(target)
-    if os.path.isdir(target):
-        recover_directory(target)
-    removed = []
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return removed
-    for name in names:
-        match = _STAGING_NAME.match(name)
-        if match and match.group("base") == base and not process_alive(int(match.group("pid"))):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            removed.append(os.path.join(parent, name))
-    return removed
-
-
-def discard_staging(staging: str, target: str) -> None:
-    """Delete `staging` after a failed or finished save, unless a journal in `target` still needs its files."""
-    journal = os.path.join(os.path.realpath(target), JOURNAL_NAME)
-    if os.path.isfile(journal):
-        try:
-            with open(journal, encoding="utf-8") as f:
-                if json.load(f).get("staging") == os.path.basename(os.path.normpath(staging)):
-                    return
-        except (OSError, ValueError, AttributeError):
-            return
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def staging_directory(target: str) -> str:
-    """A new empty temporary directory next to `target` (same filesystem, so `os.replace` is atomic), after
-    finishing an interrupted commit into `target` and removing stale temporaries of killed saves."""
-    target = os.path.realpath(target)
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    remove_stale_temporaries(target)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-{os.getpid()}-", dir=parent)
-
-
 def record_weights_checksum(directory: str) -> Optional[str]:
     """Write the SHA-256 of the weights file of `directory` into its `adapter_config.json`; return it."""
     config_path = os.path.join(directory, CONFIG_NAME)
@@ -803,8 +626,7 @@ def install_checked_load() -> None:
         @functools.wraps(from_pretrained)
         def checked_from_pretrained(cls, model: Any, model_id: Any, *args: Any, check_base_weights: bool = True,
                                     **kwargs: Any):
-            from .export import _strip_adapter
-            from .layer import SmatLayer
+            from .layer import SmatLayer, strip_smat_layers
 
             fresh = not any(isinstance(m, SmatLayer) for m in model.modules())
             token = checked_by_caller.set(True)
@@ -819,7 +641,7 @@ def install_checked_load() -> None:
                 return loaded
             except BaseException:
                 if fresh and any(isinstance(m, SmatLayer) for m in model.modules()):  # a SMAT load failed
-                    _strip_adapter(model)
+                    strip_smat_layers(model)
                 raise
 
         checked_from_pretrained._smat_checked = True

@@ -59,16 +59,6 @@ def in_out_features(module: nn.Module) -> tuple[Optional[int], Optional[int]]:
     return None, None
 
 
-def hard_concrete(config: SmatConfig) -> HardConcrete:
-    return HardConcrete(
-        beta=config.hard_concrete_beta,
-        gamma=config.hard_concrete_gamma,
-        zeta=config.hard_concrete_zeta,
-        noise=config.mask_noise,
-        noise_table=config.mask_noise_table,
-    )
-
-
 def initial_mask_logits(config: SmatConfig, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Initial `log α` of one parameter's `M` masks, as `config.mask_init` says (see `SmatConfig`)."""
     log_alpha = torch.empty(shape, dtype=torch.float32, device=device)
@@ -113,7 +103,7 @@ class SmatLayer(BaseTunerLayer):
         self._eval_masks: dict[tuple, tuple] = {}
         self._original_params: Optional[list[torch.Tensor]] = None
         # Set by `SmatModel` while it computes support features with the frozen pre-trained backbone.
-        self._bypass = False
+        self.pretrained_only = False
         self.in_features, self.out_features = in_out_features(self.get_base_layer())
 
     @property
@@ -177,7 +167,7 @@ class SmatLayer(BaseTunerLayer):
         if cached is not None and cached[0] == key:
             return cached[1:]
         with torch.no_grad():
-            masks = hard_concrete(self.smat_config[adapter]).eval_mask(log_alpha)
+            masks = HardConcrete.from_config(self.smat_config[adapter]).eval_mask(log_alpha)
             packed = masks.shape[0] <= MAX_PACKED_EXPERTS and bool(((masks == 0) | (masks == 1)).all())
             value = pack_binary(masks) if packed else masks
         self._eval_masks[(adapter, index)] = (key, value, packed)
@@ -186,12 +176,12 @@ class SmatLayer(BaseTunerLayer):
     def merged_masks(self, adapter: str, weights: torch.Tensor, sample: Optional[bool] = None) -> list[torch.Tensor]:
         """`Σ_m α_m z_m` for every adapted parameter: sampled hard-concrete masks if `sample` (default: in training),
         the deterministic eval masks otherwise."""
-        config = self.smat_config[adapter]
+        hc = HardConcrete.from_config(self.smat_config[adapter])
         sample = self.training if sample is None else sample
         merged = []
         for index in range(len(self.param_names)):
             if sample:
-                merged.append(hard_concrete(config).sample_merged(self.smat_log_alpha[adapter][index], weights))
+                merged.append(hc.sample_merged(self.smat_log_alpha[adapter][index], weights))
             else:
                 value, packed = self._eval_mask(adapter, index)
                 merged.append(merge_packed(value, weights.float()) if packed else merge_dense(value, weights))
@@ -202,7 +192,7 @@ class SmatLayer(BaseTunerLayer):
 
         Counted from `log α` against the eval threshold, without building the masks; cached until `log α` changes.
         """
-        hc = hard_concrete(self.smat_config[adapter])
+        hc = HardConcrete.from_config(self.smat_config[adapter])
         total = 0
         for index, p in enumerate(self.base_params):
             log_alpha = self.smat_log_alpha[adapter][index]
@@ -219,7 +209,7 @@ class SmatLayer(BaseTunerLayer):
 
     def expected_nonzero(self, adapter: str) -> torch.Tensor:
         """Expected number of non-zero mask elements per expert `[M]` (expected L0), differentiable w.r.t. `log α`."""
-        hc = hard_concrete(self.smat_config[adapter])
+        hc = HardConcrete.from_config(self.smat_config[adapter])
         total = 0
         for index, p in enumerate(self.base_params):
             log_alpha = self.smat_log_alpha[adapter][index]
@@ -286,7 +276,8 @@ class SmatLayer(BaseTunerLayer):
             "`SmatConfig(outside_task='uniform')` to use equal expert weights outside a task."
         )
 
-    def _lora_weight(self, adapter: str) -> torch.Tensor:
+    def lora_weight(self, adapter: str) -> torch.Tensor:
+        """`s·BA`, the LoRA branch of `adapter` as a weight delta."""
         return self.smat_lora_scaling[adapter] * (self.smat_lora_B[adapter].weight @ self.smat_lora_A[adapter].weight)
 
     def get_delta_params(self, adapter: str) -> list[torch.Tensor]:
@@ -296,7 +287,7 @@ class SmatLayer(BaseTunerLayer):
         """
         deltas = list(self._adapter_deltas(adapter, merging=True))
         if adapter in self.smat_lora_A:
-            deltas[self.param_names.index("weight")] = deltas[self.param_names.index("weight")] + self._lora_weight(
+            deltas[self.param_names.index("weight")] = deltas[self.param_names.index("weight")] + self.lora_weight(
                 adapter
             )
         return deltas
@@ -305,12 +296,13 @@ class SmatLayer(BaseTunerLayer):
         """The delta of the `weight` parameter, as peft's layers expose it."""
         return self.get_delta_params(adapter)[self.param_names.index("weight")]
 
-    def _active_smat_adapters(self) -> list[str]:
+    def active_smat_adapters(self) -> list[str]:
+        """The active adapters that are SMAT adapters of this layer."""
         return [a for a in self.active_adapters if a in self.smat_delta]
 
     def effective_params(self) -> list[torch.Tensor]:
         """Base parameters plus the active adapters' deltas (without LoRA, which runs as a side branch)."""
-        active = tuple(self._active_smat_adapters())
+        active = tuple(self.active_smat_adapters())
         if self._effective is not None and self._effective[0] == active:
             return self._effective[1]
         params = list(self.base_params)
@@ -324,7 +316,17 @@ class SmatLayer(BaseTunerLayer):
         """Use these parameters (one per adapted base parameter) for forwards until the task changes."""
         if len(params) != len(self.param_names):
             raise ValueError(f"Expected {len(self.param_names)} parameters ({self.param_names}), got {len(params)}.")
-        self._effective = (tuple(self._active_smat_adapters()), list(params))
+        self._effective = (tuple(self.active_smat_adapters()), list(params))
+
+    def merged_params(self) -> list[torch.Tensor]:
+        """The current task's parameters with each active adapter's LoRA folded into the weight (`θ_i + s·BA`):
+        what a plain copy of the base module needs to compute what this layer computes."""
+        params = list(self.effective_params())
+        lora = [a for a in self.active_smat_adapters() if a in self.smat_lora_A]
+        if lora:
+            index = self.param_names.index("weight")
+            params[index] = params[index] + sum(self.lora_weight(a).to(params[index].dtype) for a in lora)
+        return params
 
     # ----------------------------------------------------------------------------------------------------------
     # merging
@@ -360,6 +362,11 @@ class SmatLayer(BaseTunerLayer):
         self._original_params = None
         self.merged_adapters = []
 
+    def forget_merge(self) -> None:
+        """Drop what `unmerge` would restore: after `merge_and_unload` the base module belongs to the returned
+        model, and leaving a task must not write into it."""
+        self._original_params, self.merged_adapters = None, []
+
 
 class SmatModule(nn.Module, SmatLayer):
     """SMAT applied to any module that owns parameters; `nn.Linear` takes a fast `F.linear` path.
@@ -385,11 +392,11 @@ class SmatModule(nn.Module, SmatLayer):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.disable_adapters and self.merged:
             self.unmerge()
-        if self.disable_adapters or (self._bypass and not self.merged):
+        if self.disable_adapters or (self.pretrained_only and not self.merged):
             return self.base_layer(*args, **kwargs)
-        if self._bypass:  # merged, but the frozen pre-trained weights are asked for
+        if self.pretrained_only:  # merged, but the frozen pre-trained weights are asked for
             return self._run(self._original_params, *args, **kwargs)
-        active = self._active_smat_adapters()
+        active = self.active_smat_adapters()
         if self.merged or not active:
             return self.base_layer(*args, **kwargs)
         x = args[0] if args else None
@@ -417,3 +424,17 @@ class SmatModule(nn.Module, SmatLayer):
 
     def __repr__(self) -> str:
         return "smat." + super().__repr__()
+
+
+def strip_smat_layers(model: nn.Module) -> None:
+    """Undo an injection that failed half-way: put the original modules back in place of SMAT layers and
+    `modules_to_save` wrappers, and drop the model's `peft_config` (what a failed load or compact load leaves)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, (SmatLayer, ModulesToSaveWrapper))]
+    for name, module in wrapped:
+        parent_name, _, child = name.rpartition(".")
+        original = module.original_module if isinstance(module, ModulesToSaveWrapper) else module.get_base_layer()
+        setattr(model.get_submodule(parent_name), child, original)
+    if "peft_config" in model.__dict__:
+        del model.peft_config

@@ -26,8 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+
+if TYPE_CHECKING:
+    from .config import SmatConfig
 
 
 _EPS = 1e-6
@@ -73,6 +78,8 @@ def logistic_noise(shape: torch.Size | tuple[int, ...], device: torch.device | s
 class HardConcrete:
     """The hard-concrete distribution with temperature `beta` and stretch interval `(gamma, zeta)`.
 
+    A SMAT adapter's masks follow `HardConcrete.from_config(config)`.
+
     Example:
 
     ```py
@@ -80,6 +87,8 @@ class HardConcrete:
     >>> hc = HardConcrete(beta=2 / 3, gamma=-0.1, zeta=1.1)
     >>> hc.eval_mask(torch.tensor([-10.0, 0.0, 10.0]))
     tensor([0.0000, 0.5000, 1.0000])
+    >>> hc.eval_logit(0.5), round(hc.eval_saturation_logit, 3)
+    (0.0, 2.398)
     ```
     """
 
@@ -88,6 +97,18 @@ class HardConcrete:
     zeta: float = 1.1
     noise: bool = True
     noise_table: bool = True
+
+    @classmethod
+    def from_config(cls, config: SmatConfig) -> HardConcrete:
+        """The distribution of the masks of a SMAT adapter: `config.hard_concrete_{beta,gamma,zeta}`, its
+        `mask_noise` and `mask_noise_table`."""
+        return cls(
+            beta=config.hard_concrete_beta,
+            gamma=config.hard_concrete_gamma,
+            zeta=config.hard_concrete_zeta,
+            noise=config.mask_noise,
+            noise_table=config.mask_noise_table,
+        )
 
     def sample(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """A training mask, differentiable w.r.t. `log_alpha` (reparameterised sample)."""
@@ -105,11 +126,24 @@ class HardConcrete:
         s = torch.sigmoid(log_alpha.float())
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
+    def eval_logit(self, value: float) -> float:
+        """The `log α` at which the eval mask is `value` (in [0, 1]): `logit((value − γ) / (ζ − γ))`.
+
+        The eval mask increases with `log α`, so it is above `value` exactly where `log α` is above this.
+        """
+        p = (value - self.gamma) / (self.zeta - self.gamma)
+        return math.log(p / (1.0 - p))
+
     @property
     def eval_nonzero_threshold(self) -> float:
-        """`log α` above which the eval mask is non-zero: `logit(−γ / (ζ − γ))`."""
-        p = -self.gamma / (self.zeta - self.gamma)
-        return math.log(p / (1.0 - p))
+        """`log α` above which the eval mask is non-zero: `eval_logit(0) = logit(−γ / (ζ − γ))`."""
+        return self.eval_logit(0.0)
+
+    @property
+    def eval_saturation_logit(self) -> float:
+        """The `|log α|` from which the eval mask is exactly 0 or 1: `max(eval_logit(1), −eval_logit(0))`, i.e.
+        `max(logit((1 − γ)/(ζ − γ)), −logit(−γ/(ζ − γ)))` (`log 11 ≈ 2.4` with the default γ, ζ)."""
+        return max(self.eval_logit(1.0), -self.eval_logit(0.0))
 
     def sample_merged(self, log_alpha: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """`Σ_m weights_m z_m` of freshly sampled training masks `z` of `log_alpha [M, ...]`, in one fused pass.
@@ -119,10 +153,19 @@ class HardConcrete:
         """
         return _HardConcreteMerge.apply(log_alpha, weights, self)
 
+    @property
+    def _nonzero_shift(self) -> float:
+        """`β·log(−γ/ζ)`: `P(z ≠ 0) = σ(log α − β·log(−γ/ζ))`."""
+        return self.beta * math.log(-self.gamma / self.zeta)
+
     def prob_nonzero(self, log_alpha: torch.Tensor) -> torch.Tensor:
         """`P(z ≠ 0) = σ(log α − β·log(−γ/ζ))`, the expected-L0 density of each element (differentiable)."""
-        shift = self.beta * math.log(-self.gamma / self.zeta)
-        return (log_alpha.float() - shift).sigmoid_()  # in place: one large allocation instead of two
+        return (log_alpha.float() - self._nonzero_shift).sigmoid_()  # in place: one large allocation instead of two
+
+    def log_alpha_at_sparsity(self, sparsity: float) -> float:
+        """The `log α` whose expected-L0 density `prob_nonzero` is `1 − sparsity` (the inverse of `prob_nonzero`):
+        `β·log(−γ/ζ) + log((1 − τ) / τ)` for `τ = sparsity` in (0, 1)."""
+        return self._nonzero_shift + math.log((1 - sparsity) / sparsity)
 
 
 class _HardConcreteMerge(torch.autograd.Function):

@@ -27,9 +27,8 @@ from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from .constants import __version__
+from .constants import DTYPES, __version__
 from .config import SmatConfig
-from .hub import eval_results_metadata
 from .layer import SmatLayer, SmatModule
 from .peft_type import PREFIX
 from .router import RouterOutput, SmatRouter
@@ -41,7 +40,7 @@ from .targets import (
     parameter_units,
     reads_weights_directly,
 )
-from .validation import check_pixel_values, check_support
+from .validation import check_eval_results, check_pixel_values, check_support
 
 
 class SmatModel(BaseTuner):
@@ -286,7 +285,7 @@ class SmatModel(BaseTuner):
         Parameters are converted in place (`.data`), so optimizers holding them stay valid.
         """
         config = self.peft_config[adapter_name]
-        mask_dtype = getattr(torch, config.mask_dtype)
+        mask_dtype = DTYPES[config.mask_dtype]
         adapted_dtypes = []
         for name, layer in self.smat_layers():
             if adapter_name not in layer.smat_delta:
@@ -328,7 +327,7 @@ class SmatModel(BaseTuner):
         model = super()._unload_and_optionally_merge(merge=merge, **kwargs)
         for layer in layers:
             # The base modules now belong to the returned model: leaving a task must not restore them.
-            layer._original_params, layer.merged_adapters = None, []
+            layer.forget_merge()
         return model
 
     @classmethod
@@ -357,12 +356,12 @@ class SmatModel(BaseTuner):
     def _frozen_backbone(self) -> Iterator[None]:
         layers = [layer for _, layer in self.smat_layers()]
         for layer in layers:
-            layer._bypass = True
+            layer.pretrained_only = True
         try:
             yield
         finally:
             for layer in layers:
-                layer._bypass = False
+                layer.pretrained_only = False
 
     def support_features(self, support_pixel_values: torch.Tensor, **forward_kwargs: Any) -> torch.Tensor:
         """Features `[N, D]` of support images from the frozen pre-trained backbone (adapters bypassed, no grad)."""
@@ -578,12 +577,7 @@ class SmatModel(BaseTuner):
     @staticmethod
     def _merged_copy(layer: SmatLayer) -> nn.Module:
         """A copy of the layer's base module holding the current task's parameters (LoRA folded in)."""
-        params = layer.effective_params()
-        lora = [a for a in layer._active_smat_adapters() if a in layer.smat_lora_A]
-        if lora:
-            index = layer.param_names.index("weight")
-            params = list(params)
-            params[index] = params[index] + sum(layer._lora_weight(a).to(params[index].dtype) for a in lora)
+        params = layer.merged_params()
         replacements = {id(p): nn.Parameter(v.detach().clone()) for p, v in zip(layer.base_params, params)}
         return copy.deepcopy(layer.get_base_layer(), replacements)
 
@@ -616,7 +610,7 @@ class SmatModel(BaseTuner):
         adapter_name = adapter_name or self.active_adapters[0]
         if adapter_name not in self.peft_config:
             raise ValueError(f"No adapter named {adapter_name!r}; the adapters are {sorted(self.peft_config)}.")
-        eval_results_metadata(eval_results)  # validates the values now rather than at save time
+        check_eval_results(eval_results)  # now rather than at save time
         record = {"eval_results": dict(eval_results)}
         if meta_training is not None:
             record["meta_training"] = dict(meta_training)

@@ -15,7 +15,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Mapping
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -92,3 +93,20 @@ def check_support(
             "relabel the support set so that its classes are 0..num_classes-1 without gaps."
         )
     return labels, num_classes
+
+
+def format_accuracy(domain: str, value: Union[float, str]) -> str:
+    """An accuracy as the model card prints it: a fraction in [0, 1] or a percentage in (1, 100] → `"91.00"`; a
+    string (e.g. `"80.1 ± 0.7"`) as it is. Raises for a number outside [0, 100]."""
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"`eval_results[{domain!r}]` must be an accuracy in [0, 1] or [0, 100], got {value}.")
+    return f"{100.0 * value if value <= 1.0 else value:.2f}"
+
+
+def check_eval_results(eval_results: Mapping[str, Union[float, str]]) -> None:
+    """Raise if a value of domain → accuracy is neither a string nor an accuracy in [0, 1] or [0, 100]."""
+    for domain, value in eval_results.items():
+        format_accuracy(domain, value)

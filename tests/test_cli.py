@@ -204,6 +204,19 @@ def test_meta_train_help_lists_every_training_argument(capsys):
         assert flag in text
 
 
+def test_the_old_lora_flags_still_work_hidden_from_help(capsys):
+    from smat_peft.cli import _training_dataclasses
+
+    with pytest.raises(SystemExit):
+        main(["meta-train", "--help"])
+    text = capsys.readouterr().out
+    assert "--finetune_lora_r" in text and "--lora_r" not in text and "--lora_lr_multiplier" not in text
+    args = build_parser().parse_args(["meta-train", "--lora_r", "4", "--finetune_lora_dropout", "0.2"])
+    with pytest.warns(FutureWarning, match="use `finetune_lora_r` instead .`--finetune_lora_r`"):
+        training_args = _training_dataclasses(args)[2]
+    assert (training_args.finetune_lora_r, training_args.finetune_lora_dropout) == (4, 0.2)
+
+
 def hostile_adapter_dir(directory, tmp_path):
     """An adapter directory that also holds training state, a checkpoint and a symlink to a file outside it."""
     (directory / "training_args.bin").write_bytes(b"pickled training arguments")

@@ -156,6 +156,50 @@ def test_controls_are_smat_adapters_with_one_fixed_mask():
     assert smat.expected_density().mean().item() == pytest.approx(0.1, abs=0.03)
 
 
+def test_a_smat_config_file_sets_smat_config_fields_of_smat_and_its_controls(tmp_path):
+    backbone = skip_frozen_prefix(_tiny_dinov2(3), 1)
+    path = tmp_path / "smat.yaml"
+    path.write_text("mask_dtype: bfloat16\nrouter_num_skill_tokens: 2\nrouter_temperature: 3.0\nnum_experts: 3\n"
+                    "sparsity: 0.8\n")
+    args = benchmark.DemoArguments(frozen_layers=1, steps=10, tasks_per_update=2, smat_config=str(path))
+    assert (args.num_experts, args.sparsity) == (3, 0.8)  # the file's: the flags were left at their defaults
+    for method in benchmark.SMAT_FAMILY:
+        config = benchmark.smat_config(args, backbone, args.sparsity, method)
+        assert config.mask_dtype == "bfloat16" and config.router_num_skill_tokens == 2, method
+        assert config.num_experts == (3 if method == "smat" else 1) and config.sparsity == (
+            0.0 if method == "dense_expert" else 0.8)
+    assert benchmark.smat_config(args, backbone, 0.5).sparsity == 0.5  # the sparsity sweep sets τ
+    # the router anneals from the file's start temperature to the test one over the run's 20 tasks
+    assert benchmark.training_arguments(args, str(tmp_path)).router_temperature_decay == pytest.approx(2.5 / 20)
+    flags = benchmark.DemoArguments(frozen_layers=1, smat_config=str(path), num_experts=2, sparsity=0.7)
+    assert benchmark.smat_config(flags, backbone, flags.sparsity).num_experts == 2 and flags.sparsity == 0.7
+    # the file's content is part of a run's fingerprint; an empty file is no file
+    fingerprint = benchmark.run_fingerprint(args, "smat", 0)
+    assert fingerprint != benchmark.run_fingerprint(benchmark.DemoArguments(frozen_layers=1, steps=10,
+                                                                            tasks_per_update=2), "smat", 0)
+    path.write_text("mask_dtype: float16\nrouter_num_skill_tokens: 2\nrouter_temperature: 3.0\nnum_experts: 3\n"
+                    "sparsity: 0.8\n")
+    assert benchmark.run_fingerprint(args, "smat", 0) != fingerprint
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    assert benchmark.run_fingerprint(benchmark.DemoArguments(smat_config=str(empty)), "pmf", 0) == \
+        benchmark.run_fingerprint(benchmark.DemoArguments(), "pmf", 0)
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"mask_dtyp": "bfloat16"}', r"--smat_config .*smat.json: unknown SmatConfig field\(s\) \['mask_dtyp'\]"),
+    ('{"target_modules": ["q_proj"]}', r"the demo chooses the adapted modules itself.*\['target_modules'\]"),
+    ('{"hard_concrete_gamma": 0.1}', r"--smat_config .*smat.json: .*stretch interval"),
+    ('[1, 2]', r"must hold a mapping"),
+    ('{"num_experts": 2,', r"smat.json' is not valid JSON"),
+])
+def test_a_bad_smat_config_file_is_a_clear_error(tmp_path, content, match):
+    path = tmp_path / "smat.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        benchmark.DemoArguments(smat_config=str(path))
+
+
 def test_frozen_direct_scores_match_per_episode_accuracy():
     model = make_tiny_model("vit")
     domain = synthetic_domain(num_classes=6, per_class=5, size=IMAGE_SIZE)

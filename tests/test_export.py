@@ -13,8 +13,9 @@ from transformers import ViTConfig, ViTModel
 
 import smat_peft.export as export_module
 from smat_peft import AdapterIntegrityError, SmatConfig, export_compact, get_smat_model, load_compact
+from smat_peft.atomic_io import file_sha256
 from smat_peft.export import MASK_THRESHOLD, binary_masks, pack_bits, unpack_bits
-from smat_peft.integrity import COMPACT_WEIGHTS_NAME, file_sha256
+from smat_peft.integrity import COMPACT_WEIGHTS_NAME
 from tiny_models import make_tiny_model
 
 

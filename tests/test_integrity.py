@@ -11,7 +11,8 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from fakes.fake_hub import fake_hub  # noqa: F401  (pytest fixture)
 from smat_peft import AdapterFileNotFoundError, AdapterIntegrityError, export_compact, load_compact
 from smat_peft.hub import push_smat_to_hub
-from smat_peft.integrity import COMPACT_WEIGHTS_NAME, SAFETENSORS_NAME, file_sha256
+from smat_peft.atomic_io import file_sha256
+from smat_peft.integrity import COMPACT_WEIGHTS_NAME, SAFETENSORS_NAME
 from smat_peft.layer import SmatLayer
 from test_export import smat_classifier, task_logits
 from tiny_models import make_tiny_model

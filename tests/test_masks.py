@@ -94,6 +94,46 @@ def test_eval_threshold_matches_the_eval_mask():
     assert torch.equal(hc.eval_mask(log_alpha) > 0, log_alpha > hc.eval_nonzero_threshold)
 
 
+HARD_CONCRETE_CONSTANTS = [(2 / 3, -0.1, 1.1), (0.5, -0.2, 1.3), (1.0, -0.05, 1.01), (0.3, -1e-3, 1.7)]
+
+
+@pytest.mark.parametrize("beta, gamma, zeta", HARD_CONCRETE_CONSTANTS)
+def test_logit_formulas_are_bit_identical_to_their_closed_forms(beta, gamma, zeta):
+    # the formulas export.py and the demo computed inline before they moved here
+    hc = HardConcrete(beta=beta, gamma=gamma, zeta=zeta)
+    p = (0.5 - gamma) / (zeta - gamma)
+    assert hc.eval_logit(0.5) == math.log(p / (1.0 - p))
+    p_zero = -gamma / (zeta - gamma)
+    assert hc.eval_nonzero_threshold == math.log(p_zero / (1.0 - p_zero))
+    p_one = (1.0 - gamma) / (zeta - gamma)
+    assert hc.eval_saturation_logit == max(math.log(p_one / (1.0 - p_one)), -math.log(p_zero / (1.0 - p_zero)))
+    for tau in (0.5, 0.8, 0.9, 0.95, 0.99):
+        shift = beta * math.log(-gamma / zeta)
+        assert hc.log_alpha_at_sparsity(tau) == shift + math.log((1 - tau) / tau)
+
+
+@pytest.mark.parametrize("beta, gamma, zeta", HARD_CONCRETE_CONSTANTS)
+def test_logit_formulas_invert_the_masks(beta, gamma, zeta):
+    hc = HardConcrete(beta=beta, gamma=gamma, zeta=zeta)
+    for value in (0.25, 0.5, 0.75):
+        assert hc.eval_mask(torch.tensor(hc.eval_logit(value), dtype=torch.float64)).item() == pytest.approx(value)
+    beyond = hc.eval_saturation_logit + 0.01  # exactly at the bound, float32 rounding may leave ~1e-8
+    assert hc.eval_mask(torch.tensor([-beyond, beyond])).tolist() == [0.0, 1.0]
+    for tau in (0.5, 0.9, 0.99):
+        density = hc.prob_nonzero(torch.tensor(hc.log_alpha_at_sparsity(tau))).item()
+        assert density == pytest.approx(1 - tau, rel=1e-5)
+
+
+def test_hard_concrete_from_config_reads_every_mask_setting():
+    from smat_peft import SmatConfig
+
+    config = SmatConfig(hard_concrete_beta=0.5, hard_concrete_gamma=-0.2, hard_concrete_zeta=1.3, mask_noise=False,
+                        mask_noise_table=False)
+    assert HardConcrete.from_config(config) == HardConcrete(beta=0.5, gamma=-0.2, zeta=1.3, noise=False,
+                                                            noise_table=False)
+    assert HardConcrete.from_config(SmatConfig()) == HardConcrete()
+
+
 def test_logistic_noise_table_is_exact_reproducible_and_cheap_to_slice():
     from smat_peft.masks import logistic_noise
 

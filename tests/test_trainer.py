@@ -394,6 +394,44 @@ def test_resuming_with_a_changed_learning_rate_warns_and_names_it(tmp_path, doma
         trainer.train(resume_from_checkpoint=True)
 
 
+def test_a_checkpoint_recording_the_old_lora_argument_names_resumes_without_a_spurious_warning(tmp_path, domains):
+    from smat_peft.training.arguments import RENAMED_ARGUMENTS
+    from smat_peft.training.serialization import load_state, save_state
+    from smat_peft.training.trainer import STATE_STEM
+
+    train, _ = domains
+    SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=2, save_steps=2), train_datasets=train).train()
+    checkpoint = str(tmp_path / "checkpoint-2")
+    # as a release before the rename recorded them: lora_r, lora_alpha, lora_dropout, lora_lr_multiplier
+    state = load_state(checkpoint, STATE_STEM)
+    for old, new in RENAMED_ARGUMENTS.items():
+        state["arguments"][old] = state["arguments"].pop(new)
+    save_state(state, checkpoint, STATE_STEM)
+
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=3), train_datasets=train)
+    with pytest.warns(UserWarning, match="differ from the run") as caught:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    changed = [str(w.message) for w in caught if "differ from the run" in str(w.message)]
+    assert len(changed) == 1 and "max_steps: 2 → 3" in changed[0] and "lora" not in changed[0]
+    # a real change is still named, under the new name, against the old record
+    trainer = SmatMetaTrainer(smat_model(), arguments(tmp_path, max_steps=3, finetune_lora_r=4), train_datasets=train)
+    with pytest.warns(UserWarning, match="finetune_lora_r: 8 → 4"):
+        trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def test_the_old_lora_argument_names_still_work_with_a_future_warning():
+    with pytest.warns(FutureWarning) as caught:
+        args = MetaTrainingArguments(lora_r=4, lora_lr_multiplier=5.0)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and "`lora_r` is deprecated" in messages[0] and "`finetune_lora_r` instead" in messages[0]
+    assert "`lora_lr_multiplier` is deprecated" in messages[1] and "`finetune_lora_lr_multiplier`" in messages[1]
+    assert (args.finetune_lora_r, args.finetune_lora_lr_multiplier, args.lora_r, args.lora_lr_multiplier) == (4, 5.0,
+                                                                                                            None, None)
+    assert (args.finetune_lora_alpha, args.finetune_lora_dropout) == (32, 0.1)
+    with pytest.raises(ValueError, match="`lora_alpha` is the deprecated name of `finetune_lora_alpha`"):
+        MetaTrainingArguments(lora_alpha=16, finetune_lora_alpha=64)
+
+
 def test_pmf_checkpoints_resume_without_pickle(tmp_path, domains):
     train, _ = domains
     SmatMetaTrainer(make_tiny_model("vit", seed=0), arguments(tmp_path, max_steps=2, save_steps=2, dense_lr=1e-3),

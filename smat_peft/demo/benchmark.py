@@ -51,7 +51,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import shutil
 import time
@@ -64,8 +63,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import SmatConfig, get_smat_model
+from ..atomic_io import atomic_write_text, commit_directory, staging_directory
+from ..config import load_smat_config, read_config_file
 from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, specialisation_score
-from ..integrity import atomic_write_text, commit_directory, staging_directory
+from ..masks import HardConcrete
 from ..model import SmatModel
 from ..targets import DEFAULT_TARGET_MODULES
 from ..training import EpisodeSampler, EpisodeShape, MetaTrainingArguments, SmatMetaTrainer
@@ -174,6 +175,11 @@ class DemoArguments:
     coverage: Literal["all", "linears"] = field(default="all", metadata={
         "help": "What every method adapts after the frozen prefix: 'all' parameters (norms, layer-scales, biases; "
                 "the method) or the attention and MLP 'linears' only (an ablation)."})
+    smat_config: Optional[str] = field(default=None, metadata={
+        "help": "A JSON or YAML file of SmatConfig fields for SMAT and its controls (mask_dtype, router_hidden_size, "
+                "hard-concrete constants, ...), as `smat-peft meta-train --smat_config`; --num_experts, --sparsity, "
+                "--mask_noise and --router_test_temperature override it where given away from their defaults. The "
+                "adapted modules are the demo's (--frozen_layers, --coverage), so the file cannot set them."})
     num_experts: int = field(default=8, metadata={"help": "SMAT experts M."})
     router_test_temperature: float = field(default=0.5, metadata={
         "help": "SMAT's router temperature at test time (saved with the adapter; the training schedule ends there)."})
@@ -230,7 +236,7 @@ class DemoArguments:
             raise ValueError(f"Unknown `profile` {self.profile!r}; choose from {list(PROFILES)}.")
         defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
                     for f in dataclasses.fields(self)}
-        for preset in (PROFILES[self.profile], QUICK if self.quick else {}):
+        for preset in (PROFILES[self.profile], QUICK if self.quick else {}, self._smat_config_flags()):
             for name, value in preset.items():
                 if getattr(self, name) == defaults[name]:
                     setattr(self, name, value)
@@ -266,8 +272,29 @@ class DemoArguments:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
 
+    def _smat_config_flags(self) -> dict[str, Any]:
+        """The values `--smat_config` gives the flags that mirror SmatConfig fields (after checking the file)."""
+        if self.smat_config is None:
+            return {}
+        values = smat_config_fields(self)
+        targeting = sorted(set(values) & set(_DEMO_TARGETING))
+        if targeting:
+            raise ValueError(f"--smat_config {self.smat_config}: the demo chooses the adapted modules itself (one "
+                             f"parameter set for every method, from --frozen_layers and --coverage); remove "
+                             f"{targeting} from the file.")
+        try:
+            load_smat_config(self.smat_config)
+        except ValueError as error:
+            raise ValueError(f"--smat_config {error}") from error
+        return {name: values[name] for name in _SMAT_CONFIG_FLAGS if name in values}
+
 
 COVERAGES = ("all", "linears")
+# DemoArguments that set the SmatConfig field of the same name (over --smat_config's, where away from their default)
+_SMAT_CONFIG_FLAGS = ("num_experts", "sparsity", "mask_noise", "router_test_temperature")
+# SmatConfig fields that choose the adapted modules: the demo's own (`adapted_module_names`), not --smat_config's
+_DEMO_TARGETING = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+                   "target_all_parameters")
 # each trained method's searched learning rate
 LR_FIELDS = {"pmf": "pmf_lr", "dense_expert": "dense_expert_delta_lr", "random_mask": "random_mask_delta_lr",
              "smat": "smat_delta_lr"}
@@ -329,7 +356,8 @@ def training_arguments(args: DemoArguments, output_dir: str, training_seed: Opti
         eval_episodes=args.eval_episodes, load_best_model_at_end=True, save_steps=0, save_total_limit=1,
         logging_steps=max(1, args.steps // 20), disable_tqdm=args.disable_tqdm, use_cpu=not torch.cuda.is_available(),
         # anneal the router temperature from 5 to its test value over the run, as the paper does over 50k tasks
-        router_temperature_decay=(SmatConfig.router_temperature - args.router_test_temperature) / max(1, tasks),
+        router_temperature_decay=(smat_config_fields(args).get("router_temperature", SmatConfig.router_temperature)
+                                  - args.router_test_temperature) / max(1, tasks),
         dense_weight_decay=0.0, finetune_augment=False,
         # a run of a hundred tasks, not 50k: λ needs a larger step to move the masks to τ within it, the router one
         # to specialise at all (docs/demo.md); δ's learning rate is searched per method
@@ -365,27 +393,33 @@ def adapted_module_names(backbone: nn.Module, frozen_layers: int, coverage: str 
     return sorted(owners)
 
 
+def smat_config_fields(args: DemoArguments) -> dict[str, Any]:
+    """The SmatConfig fields the `--smat_config` file sets (none without it)."""
+    return read_config_file(args.smat_config) if args.smat_config else {}
+
+
 def smat_config(args: DemoArguments, backbone: nn.Module, sparsity: float, method: str = "smat") -> SmatConfig:
     """The SMAT adapter of `method` (SMAT or one of its controls) on [`adapted_module_names`].
 
     `smat`: `num_experts` learned masks, the method's initialisation `log α ~ N(0, 0.5²)` (or, with
-    `--mask_init_at_target`, the training masks' expected density at `1 − τ` from the start). `dense_expert`: one
-    expert whose mask is fixed at 1. `random_mask`: one expert whose mask is a fixed random binary mask at τ.
+    `--mask_init_at_target`, the training masks' expected density at `1 − τ` from the start, unless `--smat_config`
+    sets `mask_init_mean`). `dense_expert`: one expert whose mask is fixed at 1. `random_mask`: one expert whose mask
+    is a fixed random binary mask at τ. All three start from `--smat_config`'s fields, if given.
     """
     modules = adapted_module_names(backbone, args.frozen_layers, args.coverage)
     target = "|".join(re.escape(name) for name in modules)  # exact names: loads onto the full Dinov2Model too
     if method == "dense_expert":
-        return SmatConfig(num_experts=1, sparsity=0.0, target_modules=target, mask_init="dense", train_masks=False,
-                          mask_noise=False)
+        return load_smat_config(args.smat_config, num_experts=1, sparsity=0.0, target_modules=target,
+                                mask_init="dense", train_masks=False, mask_noise=False)
     if method == "random_mask":
-        return SmatConfig(num_experts=1, sparsity=sparsity, target_modules=target, mask_init="random_binary",
-                          train_masks=False, mask_noise=False)
-    config = SmatConfig(num_experts=args.num_experts, sparsity=sparsity, target_modules=target,
-                        mask_noise=args.mask_noise, router_test_temperature=args.router_test_temperature)
-    if args.mask_init_at_target:
-        # the median element's P(z ≠ 0) = σ(μ − β·log(−γ/ζ)) at 1 − τ
-        shift = config.hard_concrete_beta * math.log(-config.hard_concrete_gamma / config.hard_concrete_zeta)
-        config.mask_init_mean = shift + math.log((1 - sparsity) / sparsity)
+        return load_smat_config(args.smat_config, num_experts=1, sparsity=sparsity, target_modules=target,
+                                mask_init="random_binary", train_masks=False, mask_noise=False)
+    config = load_smat_config(args.smat_config, num_experts=args.num_experts, sparsity=sparsity,
+                              target_modules=target, mask_noise=args.mask_noise,
+                              router_test_temperature=args.router_test_temperature)
+    if args.mask_init_at_target and "mask_init_mean" not in smat_config_fields(args):
+        # the median element's P(z ≠ 0) at 1 − τ
+        config.mask_init_mean = HardConcrete.from_config(config).log_alpha_at_sparsity(sparsity)
     return config
 
 
@@ -655,6 +689,10 @@ def run_fingerprint(args: DemoArguments, method: str, seed: Optional[int], modes
     """What a finished (method, seed) run was computed from (arguments, its meta-test modes and lr grid); a saved
     run with another fingerprint is redone. `grid` defaults to the method's searched lr grid."""
     values = {k: v for k, v in dataclasses.asdict(args).items() if k not in _NOT_IN_FINGERPRINT}
+    # the file's fields, not its path (and no key without it: fingerprints of runs from before the flag still hold)
+    values["smat_config"] = smat_config_fields(args)
+    if not values["smat_config"]:
+        values.pop("smat_config")
     for name in LR_FIELDS.values():
         values.pop(name)
     if grid is None and method in LR_FIELDS:

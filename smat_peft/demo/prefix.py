@@ -51,6 +51,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic_io import atomic_write
 from ..training.episodes import EpisodeSampler
 
 
@@ -142,9 +143,7 @@ def cached_prefix_activations(
             pixels = reader.pixel_values(name, rows[start:start + batch_size])
             chunks.append(prefix_activations(model, pixels, frozen_layers).to(torch.bfloat16))
         activations = torch.cat(chunks)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        save_file({"activations": activations}, str(tmp))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file({"activations": activations}, tmp))
         out[name] = activations
     return out
 

@@ -19,9 +19,10 @@ Defaults follow the paper's ViT-S setting (see `docs/training.md`); where the re
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Optional
 
 from .episode_shape import EpisodeShape
@@ -29,8 +30,18 @@ from .episode_shape import EpisodeShape
 
 def _shape_field(name: str) -> Any:
     """A field of the arguments with the default and help string of `EpisodeShape`'s field `name`."""
-    spec = next(f for f in dataclasses.fields(EpisodeShape) if f.name == name)
+    spec = next(f for f in fields(EpisodeShape) if f.name == name)
     return field(default=spec.default, metadata=dict(spec.metadata))
+
+
+# Deprecated argument names → their new names; the old names still work until the next release (FutureWarning),
+# and a checkpoint's recorded arguments under an old name count as the new one on resume.
+RENAMED_ARGUMENTS = {
+    "lora_r": "finetune_lora_r",
+    "lora_alpha": "finetune_lora_alpha",
+    "lora_dropout": "finetune_lora_dropout",
+    "lora_lr_multiplier": "finetune_lora_lr_multiplier",
+}
 
 
 @dataclass
@@ -153,10 +164,12 @@ class MetaTrainingArguments:
         default=5, metadata={"help": "Validation episodes per domain scoring each learning rate (never test ones, P11)."}
     )
     finetune_augment: bool = field(default=True, metadata={"help": "Augment the support images while fine-tuning."})
-    lora_r: int = field(default=8, metadata={"help": "Rank of the LoRA fine-tuning mode."})
-    lora_alpha: int = field(default=32, metadata={"help": "Alpha of the LoRA fine-tuning mode."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout of the LoRA fine-tuning mode."})
-    lora_lr_multiplier: float = field(default=10.0, metadata={"help": "LoRA fine-tunes at this times the searched lr."})
+    finetune_lora_r: int = field(default=8, metadata={"help": "Rank of the LoRA fine-tuning mode."})
+    finetune_lora_alpha: int = field(default=32, metadata={"help": "Alpha of the LoRA fine-tuning mode."})
+    finetune_lora_dropout: float = field(default=0.1, metadata={"help": "Dropout of the LoRA fine-tuning mode."})
+    finetune_lora_lr_multiplier: float = field(
+        default=10.0, metadata={"help": "The LoRA fine-tuning mode trains at this times the searched lr."}
+    )
     load_best_model_at_end: bool = field(
         default=False,
         metadata={"help": "After training, load the weights with the best validation accuracy (needs `eval_steps`)."},
@@ -177,6 +190,12 @@ class MetaTrainingArguments:
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
+    # ---- deprecated spellings (see `RENAMED_ARGUMENTS`), hidden from --help; None: not given
+    lora_r: Optional[int] = field(default=None, repr=False, metadata={"help": argparse.SUPPRESS})
+    lora_alpha: Optional[int] = field(default=None, repr=False, metadata={"help": argparse.SUPPRESS})
+    lora_dropout: Optional[float] = field(default=None, repr=False, metadata={"help": argparse.SUPPRESS})
+    lora_lr_multiplier: Optional[float] = field(default=None, repr=False, metadata={"help": argparse.SUPPRESS})
+
     @property
     def episode_shape(self) -> EpisodeShape:
         """The episode shape of `ways`, `shots`, `queries`, `variable_ways_shots`, `max_ways` and `max_support` (the
@@ -193,6 +212,7 @@ class MetaTrainingArguments:
                             max_ways=self.max_ways, max_support=self.max_support)
 
     def __post_init__(self) -> None:
+        self._apply_renamed_arguments()
         for name in ("split_fractions", "eval_modes", "finetune_lr_grid", "report_to"):
             value = getattr(self, name)
             setattr(self, name, [value] if isinstance(value, (str, int, float)) else list(value))
@@ -226,3 +246,18 @@ class MetaTrainingArguments:
             raise ValueError(f"`split_fractions` must be three fractions summing to 1, got {self.split_fractions}.")
         if not 0.0 <= self.distillation_weight <= 1.0 or not 0.0 <= self.pretrained_distillation_share <= 1.0:
             raise ValueError("`distillation_weight` and `pretrained_distillation_share` must be in [0, 1].")
+
+    def _apply_renamed_arguments(self) -> None:
+        """A deprecated spelling given (not None) sets its new name, with a FutureWarning, and is reset to None."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for old, new in RENAMED_ARGUMENTS.items():
+            value = getattr(self, old)
+            if value is None:
+                continue
+            if getattr(self, new) not in (defaults[new], value):
+                raise ValueError(f"`{old}` is the deprecated name of `{new}`: give only `{new}`, got {old}={value!r} "
+                                 f"and {new}={getattr(self, new)!r}.")
+            warnings.warn(f"`{old}` is deprecated and will be removed in the next release; use `{new}` instead "
+                          f"(`--{new}` on the command line).", FutureWarning, stacklevel=4)
+            setattr(self, new, value)
+            setattr(self, old, None)

@@ -15,7 +15,8 @@
 
 - `direct`: cosine ProtoNet on the task's weights θ_i (SMAT: inside `model.task(support)`; a plain backbone as is).
 - `full`: fine-tune every parameter of the merged task model (`merge_task`) on the support set, then ProtoNet.
-- `lora`: fine-tune a peft LoRA adapter (attention q/v) on the merged task model, at `lora_lr_multiplier` × lr.
+- `lora`: fine-tune a peft LoRA adapter (attention q/v) on the merged task model, at `finetune_lora_lr_multiplier` ×
+  lr.
 
 Fine-tuning minimises the support cross-entropy of cosine logits against prototypes recomputed (with gradient) from
 the un-augmented support images at every step, on augmented support images (colour and translation jitter, as
@@ -114,10 +115,10 @@ def _finetuned_accuracy(model: nn.Module, episode, args: MetaTrainingArguments, 
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                          target_modules=_lora_targets(task_model))
+        lora = LoraConfig(r=args.finetune_lora_r, lora_alpha=args.finetune_lora_alpha,
+                          lora_dropout=args.finetune_lora_dropout, target_modules=_lora_targets(task_model))
         task_model = get_peft_model(task_model, lora)
-        lr = lr * args.lora_lr_multiplier
+        lr = lr * args.finetune_lora_lr_multiplier
     task_model.train()
     params = [p for p in task_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)

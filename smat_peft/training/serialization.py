@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..integrity import file_sha256
+from ..atomic_io import file_sha256
 
 
 FORMAT_VERSION = 1

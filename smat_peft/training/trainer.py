@@ -40,11 +40,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from ..diagnostics import mask_saturation
-from ..integrity import (
+from ..atomic_io import (
     JOURNAL_NAME,
     atomic_write_text,
-    check_adapter_dir,
     commit_directory,
     discard_staging,
     process_alive,
@@ -52,8 +50,10 @@ from ..integrity import (
     remove_stale_temporaries,
     staging_directory,
 )
+from ..diagnostics import mask_saturation
+from ..integrity import check_adapter_dir
 from ..model import SmatModel
-from .arguments import MetaTrainingArguments
+from .arguments import RENAMED_ARGUMENTS, MetaTrainingArguments
 from .episodes import EpisodeSampler
 from .evaluation import evaluate_episodes, summarize
 from .constraint import SparsityConstraint
@@ -373,7 +373,8 @@ class SmatMetaTrainer:
             os.makedirs(args.output_dir, exist_ok=True)
             self._remove_stale_temporaries()
         if args.report_to:
-            self.accelerator.init_trackers("smat-peft", config={k: str(v) for k, v in vars(args).items()})
+            self.accelerator.init_trackers("smat-peft", config={k: str(v) for k, v in vars(args).items()
+                                                                if k not in RENAMED_ARGUMENTS})
         self.model.train()
         episodes = self._episodes(self.global_step)
         progress = tqdm(total=args.max_steps, initial=self.global_step, desc="meta-training",
@@ -605,6 +606,8 @@ class SmatMetaTrainer:
     def _arguments_record(self) -> dict[str, Any]:
         record = {}
         for key, value in dataclasses.asdict(self.args).items():
+            if key in RENAMED_ARGUMENTS:  # deprecated spellings: always None once the arguments are built
+                continue
             if isinstance(value, (list, tuple)):
                 value = list(value)
             if value is None or isinstance(value, (bool, int, float, str, list)):
@@ -682,6 +685,7 @@ class SmatMetaTrainer:
         if not recorded:
             return
         current = self._arguments_record()
+        recorded = {RENAMED_ARGUMENTS.get(k, k): v for k, v in recorded.items()}  # checkpoints of older releases
         changed = [f"{k}: {recorded[k]!r} → {current[k]!r}" for k in sorted(set(recorded) & set(current))
                    if k not in _RESUME_NEUTRAL and recorded[k] != current[k]]
         if changed:

@@ -60,9 +60,10 @@ Example:
     >>> model = Dinov2Model.from_pretrained(build_backbone())  # doctest: +SKIP
 """
 
+from ...atomic_io import file_sha256 as sha256_file  # the package's one file hash, under the assets' public name
 from .backbone import BACKBONE_WEIGHTS_SHA256, backbone_dir, build_backbone
 from .build import build, build_all, dataset_dir
-from .cache import CACHE_ENV, cache_dir, sha256_file
+from .cache import CACHE_ENV, cache_dir
 from .dataset_io import FORMAT_VERSION, MANIFEST_NAME, MIN_IMAGES_PER_CLASS, load_dataset, read_manifest
 from .domains import DOMAINS
 from .errors import AssetError, ChecksumError, SourceUnavailableError

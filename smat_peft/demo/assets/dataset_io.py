@@ -27,7 +27,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .cache import folder_checksums, sha256_file, staged_folder
+from ...atomic_io import file_sha256, folder_checksums, staged_folder
 from .errors import AssetError, ChecksumError
 
 
@@ -160,7 +160,7 @@ def load_dataset(path: str | os.PathLike) -> datasets.Dataset:
         file = path / name
         if not file.exists():
             raise ChecksumError(f"{file} is missing from the saved dataset; rebuild with force=True")
-        if sha256_file(file) != expected:
+        if file_sha256(file) != expected:
             raise ChecksumError(f"{file} does not match the checksum recorded when it was built (it was modified "
                                 "or corrupted); rebuild with force=True")
     return datasets.load_from_disk(str(path))

@@ -56,6 +56,11 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], *, desc: str, p
         bar.close()
 
 
+def parallel_concat(fn: Callable[[Any], Sequence[Any]], items: Sequence[Any], *, desc: str, progress: bool) -> list[Any]:
+    """The concatenation, in order, of the lists `fn(x)` for `x` in `items` ([`parallel_map`]): a recipe's rows."""
+    return [row for part in parallel_map(fn, items, desc=desc, progress=progress) for row in part]
+
+
 def chunks(items: Sequence[Any], count: int) -> list[list[Any]]:
     """`items` split into about `count` consecutive lists (fewer, larger jobs for the worker processes)."""
     size = max(1, math.ceil(len(items) / max(1, count)))

@@ -37,8 +37,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ...atomic_io import file_sha256
 from .archives import SourceTree
-from .cache import sha256_file
 from .errors import AssetError, ChecksumError, SourceUnavailableError
 
 
@@ -69,7 +69,7 @@ def verify_sha256(path: str | os.PathLike, expected: str, what: str | None = Non
         >>> verify_sha256(p, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")[:8]
         'ba7816bf'
     """
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != expected.lower():
         raise ChecksumError(
             f"checksum mismatch for {what or Path(path).name} ({path}): expected sha256 {expected}, got {actual}. "

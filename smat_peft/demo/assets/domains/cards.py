@@ -22,7 +22,7 @@ from ..archives import SourceTree
 from ..dataset_io import Row
 from ..errors import AssetError
 from ..images import fit_square, on_white, png_bytes
-from ..parallel import parallel_map
+from ..parallel import parallel_concat
 from ..registry import DomainSource, register
 from ..sources import SourceArchive, debian_licenses, fetch_debs, read_debs, require_debian
 from ..svg import check_librsvg, default_renderer
@@ -113,10 +113,7 @@ def card_rows(tree: SourceTree, progress: bool = False) -> list[Row]:
         >>> rows = card_rows(SourceTree.from_dir("/"))  # doctest: +SKIP
     """
     jobs = [(deck, tree.files[path], style) for deck, (path, style) in card_decks(tree).items()]
-    rows: list[Row] = []
-    for part in parallel_map(_card_job, jobs, desc="cards", progress=progress):
-        rows.extend(part)
-    return rows
+    return parallel_concat(_card_job, jobs, desc="cards", progress=progress)
 
 
 def _card_source() -> DomainSource:

@@ -26,7 +26,7 @@ import PIL.Image
 from ..archives import SourceTree
 from ..dataset_io import Row
 from ..images import fit_square, on_white, png_bytes
-from ..parallel import chunks, parallel_map, workers
+from ..parallel import chunks, parallel_concat, workers
 from ..registry import DomainSource, register
 from ..sources import SourceArchive, debian_licenses, fetch_debs, read_debs
 
@@ -133,10 +133,7 @@ def clipart_rows(tree: SourceTree, progress: bool = False) -> list[Row]:
     sizes = {p: _png_size(b) for p, b in tree.files.items() if clipart_class(p) is not None}
     chosen = clipart_selection(sizes)
     jobs = [(name, path, tree.files[path]) for name, paths in chosen.items() for path in paths]
-    rows: list[Row] = []
-    for part in parallel_map(_clipart_job, chunks(jobs, 8 * workers()), desc="clipart", progress=progress):
-        rows.extend(part)
-    return rows
+    return parallel_concat(_clipart_job, chunks(jobs, 8 * workers()), desc="clipart", progress=progress)
 
 
 def _clipart_source() -> DomainSource:

@@ -29,7 +29,7 @@ import PIL.Image
 from ..dataset_io import Row
 from ..errors import SourceUnavailableError
 from ..images import fit_square, png_bytes
-from ..parallel import parallel_map
+from ..parallel import parallel_concat
 from ..registry import DomainSource, register
 from ..sources import SourceArchive, debian_licenses, fetch_debs, read_debs, require_debian
 
@@ -178,10 +178,7 @@ def glyph_rows(fonts: dict[str, bytes], progress: bool = False,
     chosen = choose_fonts(font_faces(fonts, scripts))
     jobs = [(face.family, fonts[face.path], script, tuple(scripts[script]))
             for script, faces in chosen.items() for face in faces]
-    rows: list[Row] = []
-    for part in parallel_map(_glyph_job, jobs, desc="glyphs", progress=progress):
-        rows.extend(part)
-    return rows
+    return parallel_concat(_glyph_job, jobs, desc="glyphs", progress=progress)
 
 
 def _glyph_source() -> DomainSource:

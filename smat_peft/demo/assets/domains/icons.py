@@ -31,7 +31,7 @@ from ..archives import SourceTree
 from ..dataset_io import MIN_IMAGES_PER_CLASS, Row
 from ..errors import AssetError
 from ..images import fit_square, on_white, png_bytes
-from ..parallel import chunks, parallel_map, workers
+from ..parallel import chunks, parallel_concat, workers
 from ..registry import DomainSource, register
 from ..sources import SourceArchive, debian_licenses, fetch_debs, read_debs, require_debian
 from ..svg import check_librsvg, default_renderer
@@ -181,10 +181,7 @@ def icon_rows(tree: SourceTree, progress: bool = False, themes: Iterable[str] | 
     themes = list(ICON_THEMES if themes is None else themes)
     classes = icon_instances(tree, themes, min_themes=min_themes)
     jobs = [(name, theme, path, tree.files[path]) for name, chosen in classes.items() for theme, path in chosen.items()]
-    rows: list[Row] = []
-    for part in parallel_map(_icon_job, chunks(jobs, 8 * workers()), desc="icons", progress=progress):
-        rows.extend(part)
-    return rows
+    return parallel_concat(_icon_job, chunks(jobs, 8 * workers()), desc="icons", progress=progress)
 
 
 def _icon_source() -> DomainSource:
