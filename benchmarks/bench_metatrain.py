@@ -100,14 +100,14 @@ def demo_step_times(repeats: int) -> dict[str, float]:
     from smat_peft.demo.benchmark import DemoArguments, build_model, prepare, training_arguments
 
     args = DemoArguments(disable_tqdm=True)
-    domains, frozen_prefix_backbone, sampler_class, _ = prepare(args)
+    domains, frozen_prefix_backbone, activations, _ = prepare(args)
     train = {d: domains[d] for d in args.train_domains}
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
         for method in ("pmf", "smat"):
             model = build_model(method, frozen_prefix_backbone, args, args.sparsity)
             values = training_arguments(args, os.path.join(tmp, method), tasks_per_update=1, eval_steps=0)
-            trainers[method] = SmatMetaTrainer(model, values, train_datasets=train, sampler_class=sampler_class)
+            trainers[method] = SmatMetaTrainer(model, values, train_datasets=train, load_inputs=activations)
         medians = interleaved_step_times(trainers, repeats)
     return {"pmf_task_s": medians["pmf"], "smat_task_s": medians["smat"],
             "smat_over_pmf": medians["smat"] / medians["pmf"], "repeats": repeats}

@@ -63,17 +63,17 @@ def main() -> None:
     results = json.loads(output.read_text()) if output.exists() else {}
     results.setdefault("settings", {})
     base = DemoArguments(steps=cli.steps, test_episodes=cli.test_episodes, disable_tqdm=True)
-    domains, backbone, sampler_class, _ = prepare(base)
+    domains, backbone, activations, _ = prepare(base)
     train = {d: domains[d] for d in base.train_domains}
     for name in names:
         args = DemoArguments(steps=cli.steps, test_episodes=cli.test_episodes, disable_tqdm=True, **SETTINGS[name])
         start = time.perf_counter()
         torch.manual_seed(args.seed)
         model, training_args, record = train_method("smat", backbone, args, Path(cli.work_dir) / name, train,
-                                                    sampler_class)
-        diagnostics = expert_diagnostics(model, domains, sampler_class, args)
+                                                    activations)
+        diagnostics = expert_diagnostics(model, domains, activations, args)
         report = model.base_model.sparsity_report()
-        evaluated = evaluate_model(model, "smat", training_args, domains, sampler_class, args, ("direct",),
+        evaluated = evaluate_model(model, "smat", training_args, domains, activations, args, ("direct",),
                                    settings=["5w5s"])
         saturation = diagnostics["mask_saturation"]
         results["settings"][f"{name}@{cli.steps}"] = {

@@ -31,7 +31,7 @@ from .router import RouterOutput, SmatRouter
 
 
 # the meta-trainer (and Accelerate) load on first use: `import smat_peft` is the adapter, peft and its hooks only
-_TRAINING = ("EpisodeSampler", "MetaTrainingArguments", "SmatMetaTrainer")
+_TRAINING = ("EpisodeSampler", "EpisodeShape", "MetaTrainingArguments", "SmatMetaTrainer")
 
 
 def __getattr__(name: str):
@@ -76,6 +76,7 @@ __all__ = [
     "AdapterIntegrityError",
     "BaseWeightsMismatchError",
     "EpisodeSampler",
+    "EpisodeShape",
     "MetaTrainingArguments",
     "RouterOutput",
     "SmatConfig",

@@ -30,7 +30,7 @@ from peft import PeftModel
 from smat_peft import EpisodeSampler, MetaTrainingArguments, SmatConfig, get_smat_model
 from smat_peft.demo import benchmark, plots
 from smat_peft.demo.prefix import (
-    CachedEpisodeSampler,
+    CachedActivations,
     cached_prefix_activations,
     prefix_activations,
     skip_frozen_prefix,
@@ -101,17 +101,19 @@ def test_cached_activations_and_sampler(tmp_path):
     again = cached_prefix_activations(None, {"toy": domain}, **kwargs)  # read back: the model is not needed
     assert torch.equal(again["toy"], activations["toy"])
 
-    sampler_class = CachedEpisodeSampler.with_activations(activations)
-    sampler = sampler_class({"toy": domain}, ways=2, shots=1, queries=1, num_episodes=2, image_size=IMAGE_SIZE,
-                            split_fractions=(1, 0, 0))
+    cached = CachedActivations(activations)
+    sampler = EpisodeSampler({"toy": domain}, ways=2, shots=1, queries=1, num_episodes=2, image_size=IMAGE_SIZE,
+                             split_fractions=(1, 0, 0), load_inputs=cached)
     plan, episode = sampler.plan(0), sampler[0]
     rows = [r for part in (plan.support_rows, plan.query_rows) for rs in part for r in rs]
     assert torch.equal(torch.cat([episode.support_pixel_values, episode.query_pixel_values]),
                        activations["toy"][rows].float())
     with pytest.raises(ValueError, match="augment"):
-        sampler_class({"toy": domain}, ways=2, shots=1, queries=1, augment=True, split_fractions=(1, 0, 0))
-    with pytest.raises(ValueError, match="with_activations"):
-        CachedEpisodeSampler({"toy": domain}, ways=2, shots=1, queries=1, split_fractions=(1, 0, 0))
+        EpisodeSampler({"toy": domain}, ways=2, shots=1, queries=1, augment=True, split_fractions=(1, 0, 0),
+                       load_inputs=cached)
+    with pytest.raises(KeyError, match="'other'"):
+        EpisodeSampler({"other": domain}, ways=2, shots=1, queries=1, split_fractions=(1, 0, 0),
+                       load_inputs=cached)[0]
 
 
 def test_every_method_adapts_the_same_parameters():
@@ -412,7 +414,7 @@ def test_an_interrupted_demo_resumes_and_redoes_only_what_is_missing_or_corrupt(
 
     grids = {}
 
-    def train_method(method, backbone, args, out, train, sampler_class, training_seed=None, sparsity=None, grid=None):
+    def train_method(method, backbone, args, out, train, activations, training_seed=None, sparsity=None, grid=None):
         calls.append((method, training_seed))
         grids[method, training_seed] = grid
         return FakeModel(), None, {"lr": 1.0 + training_seed, "lr_search": {"1": 0.5}}

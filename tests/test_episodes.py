@@ -26,6 +26,7 @@ import pytest
 import torch
 import transformers
 
+from smat_peft.training import EpisodeShape, MetaTrainingArguments
 from smat_peft.training.episodes import Episode, EpisodeSampler, split_classes
 
 
@@ -267,6 +268,59 @@ def test_missing_columns_raise_naming_the_column_and_the_available_ones():
         EpisodeSampler(data, image_column="img", ways=2, shots=1, queries=1)
     with pytest.raises(ValueError, match=r"no label column 'fine_label'.*\['image', 'label'\]"):
         EpisodeSampler(data, label_column="fine_label", ways=2, shots=1, queries=1)
+
+
+def test_an_episode_shape_and_its_fields_as_keywords_give_the_same_sampler():
+    data = make_dataset([4] * 10, image_size=1, kind="array")
+    shape = EpisodeShape(ways=3, shots=1, queries=2)
+    by_shape = EpisodeSampler(data, shape, split_fractions=ALL_TRAIN)
+    by_keywords = EpisodeSampler(data, ways=3, shots=1, queries=2, split_fractions=ALL_TRAIN)
+    assert by_keywords.shape == shape
+    assert [by_shape.plan(i) for i in range(5)] == [by_keywords.plan(i) for i in range(5)]
+    with pytest.raises(TypeError, match="not both"):
+        EpisodeSampler(data, shape, ways=3)
+    with pytest.raises(TypeError, match=r"\['wayz'\]"):
+        EpisodeSampler(data, wayz=3)
+
+
+def test_episode_shape_validation_names_the_field():
+    for field, value in (("ways", 0), ("shots", 0), ("queries", -1), ("max_support_per_class", 0)):
+        with pytest.raises(ValueError, match=f"`{field}` must be a positive integer, got {value}"):
+            EpisodeShape(**{field: value})
+    with pytest.raises(ValueError, match="raise `max_ways`"):
+        EpisodeShape(variable=True, ways=6, max_ways=5)
+    EpisodeShape(ways=6, max_ways=5)  # fixed episodes ignore `max_ways`
+
+
+def test_meta_training_arguments_give_their_episode_shape():
+    args = MetaTrainingArguments(variable_ways_shots=True, ways=3, shots=2, queries=4, max_ways=9, max_support=60)
+    assert args.episode_shape == EpisodeShape(variable=True, ways=3, shots=2, queries=4, max_ways=9, max_support=60)
+    assert MetaTrainingArguments().episode_shape == EpisodeShape()
+    with pytest.raises(ValueError, match="raise `max_ways`"):
+        MetaTrainingArguments(variable_ways_shots=True, ways=6, max_ways=5)
+
+
+def test_load_inputs_replaces_decoding_with_one_input_per_row():
+    data = make_dataset([4] * 6, image_size=1, kind="array")
+    table = {"default": torch.arange(len(data), dtype=torch.float32).view(-1, 1, 1) * torch.ones(1, 2, 3)}
+    calls = []
+
+    def load_inputs(domain, rows):
+        calls.append((domain, rows))
+        return table[domain][rows]
+
+    sampler = EpisodeSampler(data, ways=3, shots=1, queries=2, split_fractions=ALL_TRAIN, load_inputs=load_inputs)
+    plan, episode = sampler.plan(0), sampler[0]
+    rows = [r for part in (plan.support_rows, plan.query_rows) for rs in part for r in rs]
+    assert calls == [("default", rows)]
+    assert torch.equal(torch.cat([episode.support_pixel_values, episode.query_pixel_values]), table["default"][rows])
+    assert torch.equal(sampler.pixel_values("default", [2, 0]), table["default"][[2, 0]])
+    with pytest.raises(ValueError, match="augment"):
+        EpisodeSampler(data, ways=3, shots=1, queries=2, split_fractions=ALL_TRAIN, load_inputs=load_inputs,
+                       augment=True)
+    for wrong in (lambda d, rows: table[d][rows].long(), lambda d, rows: table[d][rows[:1]], lambda d, rows: rows):
+        with pytest.raises(ValueError, match="one input per row"):
+            EpisodeSampler(data, ways=3, shots=1, queries=2, split_fractions=ALL_TRAIN, load_inputs=wrong)[0]
 
 
 # ---- images

@@ -69,12 +69,12 @@ from ..diagnostics import eval_mask_overlap, fresh_router, mask_saturation, spec
 from ..masks import HardConcrete
 from ..model import SmatModel
 from ..targets import DEFAULT_TARGET_MODULES
-from ..training import MetaTrainingArguments, SmatMetaTrainer
+from ..training import EpisodeSampler, EpisodeShape, MetaTrainingArguments, SmatMetaTrainer
 from ..training.evaluation import (evaluate_episodes, frozen_direct_scores, mean_ci95, search_learning_rate,
                                    task_independent_model)
 from ..training.statistics import paired_difference
 from . import assets
-from .prefix import CachedEpisodeSampler, cached_prefix_activations, skip_frozen_prefix
+from .prefix import CachedActivations, cached_prefix_activations, skip_frozen_prefix
 
 
 TRAIN_DOMAINS = ["emoji_google", "glyphs", "cards", "icons"]
@@ -86,12 +86,12 @@ MODELS = ("pretrained", "pmf", "dense_expert", "random_mask", "smat")
 # the methods trained with SMAT's objective and optimisers (a SMAT adapter each)
 SMAT_FAMILY = ("dense_expert", "random_mask", "smat")
 
-# test settings: name → EpisodeSampler arguments
-SETTINGS: dict[str, dict[str, Any]] = {
-    "5w1s": {"ways": 5, "shots": 1, "queries": 5},
-    "5w5s": {"ways": 5, "shots": 5, "queries": 5},
-    "variable": {"variable": True, "ways": 3, "max_ways": 10, "max_support": 40, "max_support_per_class": 10,
-                 "max_queries": 5},
+# test settings: name → episode shape (results.json has their `to_dict()`)
+SETTINGS: dict[str, EpisodeShape] = {
+    "5w1s": EpisodeShape(ways=5, shots=1, queries=5),
+    "5w5s": EpisodeShape(ways=5, shots=5, queries=5),
+    "variable": EpisodeShape(variable=True, ways=3, max_ways=10, max_support=40, max_support_per_class=10,
+                             max_queries=5),
 }
 FINETUNE_SETTING = "5w5s"
 
@@ -436,8 +436,8 @@ def build_model(method: str, backbone: nn.Module, args: DemoArguments, sparsity:
     return get_smat_model(model, smat_config(args, backbone, sparsity, method))
 
 
-def train_method(method: str, backbone: nn.Module, args: DemoArguments, out: Path, train: dict, sampler_class: type,
-                 sparsity: Optional[float] = None, training_seed: Optional[int] = None,
+def train_method(method: str, backbone: nn.Module, args: DemoArguments, out: Path, train: dict,
+                 activations: CachedActivations, sparsity: Optional[float] = None, training_seed: Optional[int] = None,
                  grid: Optional[list[float]] = None) -> tuple[nn.Module, MetaTrainingArguments, dict[str, Any]]:
     """Train `method` at every learning rate of its grid (default: its `LR_FIELDS` argument); keep the one with the
     best validation accuracy.
@@ -455,7 +455,7 @@ def train_method(method: str, backbone: nn.Module, args: DemoArguments, out: Pat
         run_dir = out / "runs" / method / f"seed-{seed}" / ("train" if len(grid) == 1 else f"lr-{lr:g}")
         lr_field = "dense_lr" if method == "pmf" else "delta_lr"
         training_args = training_arguments(args, str(run_dir), seed, **{lr_field: lr})
-        trainer = SmatMetaTrainer(model, training_args, train_datasets=train, sampler_class=sampler_class)
+        trainer = SmatMetaTrainer(model, training_args, train_datasets=train, load_inputs=activations)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -487,32 +487,32 @@ def _split_fractions(domain: str, args: DemoArguments) -> tuple[float, float, fl
     return ID_SPLIT if domain in args.train_domains or domain in SAME_CLASSES_AS else (0.0, 0.0, 1.0)
 
 
-def test_sampler(sampler_class: type, domains: dict, domain: str, setting: str, args: DemoArguments,
+def test_sampler(activations: CachedActivations, domains: dict, domain: str, setting: str, args: DemoArguments,
                  num_episodes: int, split: str = "test", seed_offset: int = 2):
     """Fixed episodes of one domain and setting; the same for every model."""
-    return sampler_class(
-        {domain: domains[domain]}, split=split, num_episodes=num_episodes, seed=args.seed + seed_offset,
-        split_seed=args.seed, split_fractions=_split_fractions(domain, args), image_size=args.image_size,
-        **SETTINGS[setting],
+    return EpisodeSampler(
+        {domain: domains[domain]}, SETTINGS[setting], split=split, num_episodes=num_episodes,
+        seed=args.seed + seed_offset, split_seed=args.seed, split_fractions=_split_fractions(domain, args),
+        image_size=args.image_size, load_inputs=activations,
     )
 
 
 def evaluate_model(model: nn.Module, name: str, training_args: MetaTrainingArguments, domains: dict,
-                   sampler_class: type, args: DemoArguments, modes: tuple[str, ...],
+                   activations: CachedActivations, args: DemoArguments, modes: tuple[str, ...],
                    settings: Optional[list[str]] = None) -> dict[str, Any]:
     """`{mode: {setting: {domain: {mean, ci95, episodes[, lr]}}}}` for one model (direct mode in `settings`,
     default all of `SETTINGS`)."""
     results: dict[str, Any] = {}
     is_smat = isinstance(getattr(model, "base_model", None), SmatModel)
     # the model's one set of weights if they do not depend on the task (pre-trained, PMF, the one-expert controls)
-    frozen = task_independent_model(model, test_sampler(sampler_class, domains, next(iter(domains)), FINETUNE_SETTING,
+    frozen = task_independent_model(model, test_sampler(activations, domains, next(iter(domains)), FINETUNE_SETTING,
                                                         args, 1)[0])
     features: dict = {}  # a frozen model embeds each test image once, across settings
     for setting in settings or list(SETTINGS):
         episodes = args.variable_test_episodes if setting == "variable" and args.variable_test_episodes else \
             args.test_episodes
         for domain in domains:
-            sampler = test_sampler(sampler_class, domains, domain, setting, args, episodes)
+            sampler = test_sampler(activations, domains, domain, setting, args, episodes)
             if frozen is None:
                 out = evaluate_episodes(model, sampler, training_args, modes=("direct",), is_smat=True,
                                         disable_tqdm=args.disable_tqdm, description=f"{name} {setting} {domain}")
@@ -524,15 +524,15 @@ def evaluate_model(model: nn.Module, name: str, training_args: MetaTrainingArgum
             results.setdefault("direct", {}).setdefault(setting, {})[domain] = entry
     finetune = [m for m in modes if m != "direct"]
     if finetune:
-        search = sampler_class(
-            {d: domains[d] for d in args.train_domains}, split="validation",
+        search = EpisodeSampler(
+            {d: domains[d] for d in args.train_domains}, SETTINGS[FINETUNE_SETTING], split="validation",
             num_episodes=args.finetune_search_episodes * len(args.train_domains), seed=args.seed + 3,
-            split_seed=args.seed, split_fractions=ID_SPLIT, image_size=args.image_size, **SETTINGS[FINETUNE_SETTING],
+            split_seed=args.seed, split_fractions=ID_SPLIT, image_size=args.image_size, load_inputs=activations,
         )
         for mode in finetune:
             lr, scores = search_learning_rate(model, search, training_args, is_smat, mode)
             for domain in domains:
-                sampler = test_sampler(sampler_class, domains, domain, FINETUNE_SETTING, args, args.finetune_episodes)
+                sampler = test_sampler(activations, domains, domain, FINETUNE_SETTING, args, args.finetune_episodes)
                 out = evaluate_episodes(model, sampler, training_args, modes=(mode,), is_smat=is_smat,
                                         learning_rates={mode: lr}, disable_tqdm=args.disable_tqdm,
                                         description=f"{name} {mode} {domain}")
@@ -557,7 +557,7 @@ def summarize_model(results: dict[str, Any], args: DemoArguments, domains: dict)
 
 
 @torch.no_grad()
-def routing_by_domain(model: nn.Module, domains: dict, sampler_class: type, args: DemoArguments
+def routing_by_domain(model: nn.Module, domains: dict, activations: CachedActivations, args: DemoArguments
                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Expert weights α `[episodes, M]` per domain on 5-way 5-shot test episodes, of the trained router and of an
     untrained router of the same configuration and test temperature (the same episodes for both)."""
@@ -566,16 +566,17 @@ def routing_by_domain(model: nn.Module, domains: dict, sampler_class: type, args
     fresh = fresh_router(smat, seed=args.seed + 1)
     trained, untrained = {}, {}
     for domain in domains:
-        sampler = test_sampler(sampler_class, domains, domain, FINETUNE_SETTING, args, args.diagnostic_episodes)
+        sampler = test_sampler(activations, domains, domain, FINETUNE_SETTING, args, args.diagnostic_episodes)
         prototypes = [smat.prototypes(e.support_pixel_values, e.support_labels) for e in sampler]
         trained[domain] = torch.stack([smat.route(p).weights for p in prototypes]).cpu()
         untrained[domain] = torch.stack([fresh(p.to(fresh.keys.device)).weights for p in prototypes]).cpu()
     return trained, untrained
 
 
-def expert_diagnostics(model: nn.Module, domains: dict, sampler_class: type, args: DemoArguments) -> dict[str, Any]:
+def expert_diagnostics(model: nn.Module, domains: dict, activations: CachedActivations, args: DemoArguments
+                       ) -> dict[str, Any]:
     """Do SMAT's experts learn? Saturation, overlap, α per domain and the specialisation score (with its CI)."""
-    trained, untrained = routing_by_domain(model, domains, sampler_class, args)
+    trained, untrained = routing_by_domain(model, domains, activations, args)
     return {
         "mask_saturation": mask_saturation(model),
         "eval_mask_overlap": eval_mask_overlap(model),
@@ -660,8 +661,9 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(str(path), json.dumps(data, indent=2, default=_json_default))
 
 
-def prepare(args: DemoArguments) -> tuple[dict, nn.Module, type, str]:
-    """Domains, the backbone with its frozen prefix skipped, and the sampler class over cached activations."""
+def prepare(args: DemoArguments) -> tuple[dict, nn.Module, CachedActivations, str]:
+    """Domains, the backbone with its frozen prefix skipped, the cached activations of its frozen prefix (the
+    samplers' `load_inputs`) and the backbone's directory."""
     from transformers import Dinov2Model
 
     torch.manual_seed(args.seed)
@@ -673,7 +675,7 @@ def prepare(args: DemoArguments) -> tuple[dict, nn.Module, type, str]:
         image_size=args.image_size, frozen_layers=args.frozen_layers, progress=not args.disable_tqdm,
     )
     skip_frozen_prefix(backbone, args.frozen_layers)
-    return domains, backbone, CachedEpisodeSampler.with_activations(activations), backbone_dir
+    return domains, backbone, CachedActivations(activations), backbone_dir
 
 
 TRAINED = ("pmf", "dense_expert", "random_mask", "smat")
@@ -764,11 +766,12 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    domains, backbone, sampler_class, backbone_dir = prepare(args)
+    domains, backbone, activations, backbone_dir = prepare(args)
     timings["assets_and_cache_s"] = time.perf_counter() - start
     train = {d: domains[d] for d in args.train_domains}
     results: dict[str, Any] = {
-        "arguments": dataclasses.asdict(args), "backbone": backbone_dir, "settings": SETTINGS,
+        "arguments": dataclasses.asdict(args), "backbone": backbone_dir,
+        "settings": {name: shape.to_dict() for name, shape in SETTINGS.items()},
         "finetune_setting": FINETUNE_SETTING, "train_domains": args.train_domains,
         "ood_domains": [d for d in domains if d not in args.train_domains], "models": {}, "per_seed": {},
         "training": {}, "adapted_parameters": len(adapted_parameter_names(backbone, args.frozen_layers, args.coverage)),
@@ -793,13 +796,13 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
                 model, training_args = backbone, training_arguments(args, str(run_dir))
             else:
                 model, training_args, run["training"] = train_method(method, backbone, args, out, train,
-                                                                     sampler_class, training_seed=seed, grid=grid)
+                                                                     activations, training_seed=seed, grid=grid)
             run["training_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            run["models"] = evaluate_model(model, method, training_args, domains, sampler_class, args, modes)
+            run["models"] = evaluate_model(model, method, training_args, domains, activations, args, modes)
             if method == "smat":
                 run["sparsity"] = model.base_model.sparsity_report()
-                run["diagnostics"] = expert_diagnostics(model, domains, sampler_class, args)
+                run["diagnostics"] = expert_diagnostics(model, domains, activations, args)
             run["evaluation_s"] = time.perf_counter() - t
             if method in SMAT_FAMILY:  # the adapter's model card carries its test accuracy (model-index)
                 direct = run["models"]["direct"][FINETUNE_SETTING]
@@ -849,18 +852,18 @@ def run_sweep(args: DemoArguments) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    domains, backbone, sampler_class, backbone_dir = prepare(args)
+    domains, backbone, activations, backbone_dir = prepare(args)
     train = {d: domains[d] for d in args.train_domains}
     eval_args = training_arguments(args, str(out / "runs"))
-    pretrained = evaluate_model(backbone, "pretrained", eval_args, domains, sampler_class, args, ("direct",))
+    pretrained = evaluate_model(backbone, "pretrained", eval_args, domains, activations, args, ("direct",))
     results: dict[str, Any] = {
         "arguments": dataclasses.asdict(args), "backbone": backbone_dir,
         "pretrained": summarize_model(pretrained, args, domains)["direct"], "sweep": {},
     }
     for sparsity in args.sweep_sparsity:
         model, training_args, record = train_method("smat", backbone, args, out / f"smat-{sparsity}", train,
-                                                    sampler_class, sparsity=sparsity)
-        evaluated = evaluate_model(model, f"smat τ={sparsity}", training_args, domains, sampler_class, args,
+                                                    activations, sparsity=sparsity)
+        evaluated = evaluate_model(model, f"smat τ={sparsity}", training_args, domains, activations, args,
                                    ("direct",))
         report = model.base_model.sparsity_report()
         paired = comparisons({"per_seed": {"smat": {"0": evaluated}, "pretrained": {"frozen": pretrained}},

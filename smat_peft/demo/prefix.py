@@ -16,8 +16,9 @@
 The demo adapts only the last blocks of the ViT (SMAT, PMF and the random-mask control alike). The first
 `frozen_layers` blocks never change, so their output for every image is computed once, stored under the cache
 directory, and the model runs from there: [`skip_frozen_prefix`] replaces the patch embeddings and the frozen
-blocks by pass-throughs, so `model(pixel_values=activations)` runs only the adapted blocks. Module names are
-unchanged, so an adapter trained this way loads onto the full `Dinov2Model`.
+blocks by pass-throughs, so `model(pixel_values=activations)` runs only the adapted blocks, and
+[`CachedActivations`] gives samplers and the trainer those activations instead of pixels (`load_inputs=`). Module
+names are unchanged, so an adapter trained this way loads onto the full `Dinov2Model`.
 
 Training episodes are therefore not augmented (augmentation happens in pixel space, before the cached blocks).
 
@@ -43,7 +44,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -51,7 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic_io import atomic_write
-from ..training.episodes import EpisodeSampler, _Domain
+from ..training.episodes import EpisodeSampler
 
 
 class PassThrough(nn.Module):
@@ -147,30 +148,23 @@ def cached_prefix_activations(
     return out
 
 
-class CachedEpisodeSampler(EpisodeSampler):
-    """An [`EpisodeSampler`] whose episodes hold cached prefix activations instead of pixels.
+class CachedActivations:
+    """Cached prefix activations as an [`EpisodeSampler`]'s `load_inputs`: episodes then hold activations instead of
+    pixels (un-augmented; the sampler refuses `augment=True`).
 
     Args:
-        *args, **kwargs: As [`EpisodeSampler`] (`augment` must be off).
-        activations (`dict[str, torch.Tensor]`): Per domain, `[rows, tokens, hidden]` activations, one per dataset row.
+        activations (`dict[str, torch.Tensor]`): Per domain, `[rows, tokens, hidden]` activations, one per dataset row
+            (those of [`cached_prefix_activations`]).
+
+    Example: `EpisodeSampler(domains, shape, load_inputs=CachedActivations(activations))`, or
+    `SmatMetaTrainer(model, args, train_datasets=domains, load_inputs=CachedActivations(activations))`.
     """
 
-    activations: Optional[dict[str, torch.Tensor]] = None  # set by `with_activations`
+    def __init__(self, activations: dict[str, torch.Tensor]) -> None:
+        self.activations = activations
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.augment:
-            raise ValueError("Cached activations cannot be augmented; pass `augment=False`.")
-        if self.activations is None:
-            raise ValueError("Use `CachedEpisodeSampler.with_activations(activations)` to make a sampler class.")
-        missing = [d for d in self.domains if d not in self.activations]
-        if missing:
-            raise KeyError(f"No cached activations for domain(s) {missing}.")
-
-    @classmethod
-    def with_activations(cls, activations: dict[str, torch.Tensor]) -> type[CachedEpisodeSampler]:
-        """A sampler class bound to `activations` (what `SmatMetaTrainer.sampler_class` takes)."""
-        return type(cls.__name__, (cls,), {"activations": activations})
-
-    def _load_pixels(self, domain: _Domain, rows: list[int], rng: Any) -> torch.Tensor:
-        return self.activations[domain.name][rows].to(torch.float32)
+    def __call__(self, domain: str, rows: list[int]) -> torch.Tensor:
+        """The activations `[len(rows), tokens, hidden]` of `rows` of `domain`, as float32."""
+        if domain not in self.activations:
+            raise KeyError(f"No cached activations for domain {domain!r}; there are {sorted(self.activations)}.")
+        return self.activations[domain][rows].to(torch.float32)

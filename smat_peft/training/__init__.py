@@ -14,9 +14,18 @@
 """Meta-training and meta-testing of SMAT adapters (and the PMF / pre-trained ProtoNet baselines)."""
 
 from .arguments import MetaTrainingArguments
+from .episode_shape import EpisodeShape
 from .episodes import Episode, EpisodeSampler, split_classes
 from .evaluation import evaluate_episodes
 from .trainer import SmatMetaTrainer
 
 
-__all__ = ["Episode", "EpisodeSampler", "MetaTrainingArguments", "SmatMetaTrainer", "evaluate_episodes", "split_classes"]
+__all__ = [
+    "Episode",
+    "EpisodeSampler",
+    "EpisodeShape",
+    "MetaTrainingArguments",
+    "SmatMetaTrainer",
+    "evaluate_episodes",
+    "split_classes",
+]

@@ -23,7 +23,15 @@ import argparse
 import math
 import warnings
 from dataclasses import dataclass, field, fields
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
+
+from .episode_shape import EpisodeShape
+
+
+def _shape_field(name: str) -> Any:
+    """A field of the arguments with the default and help string of `EpisodeShape`'s field `name`."""
+    spec = next(f for f in fields(EpisodeShape) if f.name == name)
+    return field(default=spec.default, metadata=dict(spec.metadata))
 
 
 # Deprecated argument names → their new names; the old names still work until the next release (FutureWarning),
@@ -69,14 +77,13 @@ class MetaTrainingArguments:
     image_column: str = field(default="image", metadata={"help": "Image column of the datasets."})
     label_column: str = field(default="label", metadata={"help": "Label column of the datasets."})
     image_size: int = field(default=224, metadata={"help": "Side of the square images fed to the backbone."})
-    variable_ways_shots: bool = field(
-        default=False, metadata={"help": "Meta-Dataset's variable-way variable-shot episodes instead of fixed N-way K-shot."}
-    )
-    ways: int = field(default=5, metadata={"help": "Classes per episode (fixed-shot episodes)."})
-    shots: int = field(default=5, metadata={"help": "Support images per class (fixed-shot episodes)."})
-    queries: int = field(default=15, metadata={"help": "Query images per class (fixed-shot episodes)."})
-    max_ways: int = field(default=50, metadata={"help": "Largest number of ways of variable episodes."})
-    max_support: int = field(default=500, metadata={"help": "Largest support set of variable episodes."})
+    # the episode shape, flat for the command line: defaults and help from `EpisodeShape` (see `episode_shape`)
+    variable_ways_shots: bool = _shape_field("variable")
+    ways: int = _shape_field("ways")
+    shots: int = _shape_field("shots")
+    queries: int = _shape_field("queries")
+    max_ways: int = _shape_field("max_ways")
+    max_support: int = _shape_field("max_support")
     split_seed: int = field(default=0, metadata={"help": "Seed of the disjoint train/validation/test class splits."})
     split_fractions: list[float] = field(
         default_factory=lambda: [0.7, 0.15, 0.15], metadata={"help": "Fractions of each domain's classes in train/validation/test."}
@@ -189,6 +196,21 @@ class MetaTrainingArguments:
     lora_dropout: Optional[float] = field(default=None, repr=False, metadata={"help": argparse.SUPPRESS})
     lora_lr_multiplier: Optional[float] = field(default=None, repr=False, metadata={"help": argparse.SUPPRESS})
 
+    @property
+    def episode_shape(self) -> EpisodeShape:
+        """The episode shape of `ways`, `shots`, `queries`, `variable_ways_shots`, `max_ways` and `max_support` (the
+        other caps at `EpisodeShape`'s defaults): what the trainer's samplers draw.
+
+        Example:
+
+        ```py
+        >>> MetaTrainingArguments(ways=5, shots=1).episode_shape.to_dict()
+        {'ways': 5, 'shots': 1, 'queries': 15}
+        ```
+        """
+        return EpisodeShape(ways=self.ways, shots=self.shots, queries=self.queries, variable=self.variable_ways_shots,
+                            max_ways=self.max_ways, max_support=self.max_support)
+
     def __post_init__(self) -> None:
         self._apply_renamed_arguments()
         for name in ("split_fractions", "eval_modes", "finetune_lr_grid", "report_to"):
@@ -198,8 +220,8 @@ class MetaTrainingArguments:
             self.report_to = []
         elif "none" in self.report_to:
             raise ValueError(f"`report_to` is 'none' or a list of trackers (or 'all'), got {self.report_to}.")
-        positive = ("ways", "shots", "queries", "max_steps", "tasks_per_update", "image_size", "eval_episodes",
-                    "test_episodes")
+        self.episode_shape  # checks the episode shape (EpisodeShape's validation)
+        positive = ("max_steps", "tasks_per_update", "image_size", "eval_episodes", "test_episodes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")

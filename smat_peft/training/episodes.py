@@ -26,7 +26,7 @@ into an indexable stream of episodes:
 - **Lazy images.** `__init__` reads only the label column (as Arrow, bypassing any user transform); images are
   decoded only for the rows an episode samples, so a memory-mapped dataset stays on disk.
 
-Two episode shapes (method notes §4):
+Two episode shapes ([`EpisodeShape`], method notes §4):
 
 - **Fixed** N-way K-shot: `ways` classes, `shots` support and `queries` query images per class.
 - **Variable** (`variable=True`), Meta-Dataset's variable-way variable-shot episodes (Triantafillou et al., 2020,
@@ -56,9 +56,10 @@ to support and query images before resizing / normalising.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,8 @@ import numpy as np
 import PIL.Image
 import pyarrow as pa  # comes with `datasets`
 import torch
+
+from .episode_shape import EpisodeShape
 
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -473,22 +476,18 @@ class EpisodeSampler(torch.utils.data.Dataset):
     """A reproducible stream of few-shot episodes from one or several image-classification datasets.
 
     Each episode comes from one domain (drawn uniformly, or by `domain_weights`), from the classes of that domain's
-    `split` (class splits from `split_seed`, see [`split_classes`]). See the module docstring for the fixed and
-    variable (Meta-Dataset) episode shapes and for the image pipeline.
+    `split` (class splits from `split_seed`, see [`split_classes`]), in the given [`EpisodeShape`]. See the module
+    docstring for the fixed and variable (Meta-Dataset) episode shapes and for the image pipeline.
 
     Args:
         datasets (`Mapping[str, datasets.Dataset]` or `datasets.Dataset`): Domains by name, or one dataset (domain
             `"default"`). Each needs an image column (the `datasets.Image` feature, or arrays / tensors) and a label
             column (int, `ClassLabel` or str).
+        shape ([`EpisodeShape`], *optional*): Ways, shots and queries, fixed or variable; default `EpisodeShape()`
+            (5-way 5-shot, 15 queries).
+        **shape_fields: Instead of `shape`, its fields as keywords: `ways=5, shots=1` is
+            `shape=EpisodeShape(ways=5, shots=1)`.
         split (`str`): Which classes to sample from: `"train"`, `"validation"` or `"test"`.
-        ways (`int`): Classes per episode; with `variable=True`, the least number of ways (Meta-Dataset: 5).
-        shots (`int`): Support images per class (fixed episodes).
-        queries (`int`): Query images per class (fixed episodes).
-        variable (`bool`): Meta-Dataset's variable-way variable-shot episodes instead of fixed N-way K-shot.
-        max_ways (`int`): Largest number of ways of variable episodes.
-        max_support (`int`): Largest support set of variable episodes.
-        max_support_per_class (`int`): Largest number of support images of one class in variable episodes.
-        max_queries (`int`): Largest number of queries per class of variable episodes.
         num_episodes (`int`): Length of the sampler (`len`, `loader`); `episode(i)` is defined for any `i >= 0`.
         seed (`int`): Seed of the episode stream.
         split_seed (`int`): Seed of the class splits (keep it fixed across training, validation and test samplers).
@@ -507,6 +506,11 @@ class EpisodeSampler(torch.utils.data.Dataset):
         min_images_policy (`str`): Classes with fewer images than an episode may need (`shots + queries` for fixed
             episodes, 2 for variable ones): `"skip"` leaves them out (an error if fewer than `ways` classes remain),
             `"error"` raises.
+        load_inputs (`Callable[[str, list[int]], torch.Tensor]`, *optional*): Makes the model inputs of dataset rows
+            instead of decoding images. Called as `load_inputs(domain, rows)` (a domain name and a list of row
+            indices), it returns a float tensor `[len(rows), ...]`, one input per row in order, un-augmented:
+            `augment` must then be False, and the image arguments are unused (the image column is still needed to
+            index the domain). The demo passes cached activations of the backbone's frozen first blocks.
 
     Example:
 
@@ -514,7 +518,8 @@ class EpisodeSampler(torch.utils.data.Dataset):
     >>> import datasets, numpy as np
     >>> images = [np.full((16, 16, 3), i, dtype=np.uint8) for i in range(48)]
     >>> data = datasets.Dataset.from_dict({"image": images, "label": [i % 8 for i in range(48)]})
-    >>> sampler = EpisodeSampler({"toy": data}, ways=3, shots=2, queries=1, split_fractions=(1, 0, 0), image_size=8)
+    >>> shape = EpisodeShape(ways=3, shots=2, queries=1)
+    >>> sampler = EpisodeSampler({"toy": data}, shape, split_fractions=(1, 0, 0), image_size=8)
     >>> episode = sampler[0]
     >>> episode.support_pixel_values.shape, episode.query_labels.tolist()
     (torch.Size([6, 3, 8, 8]), [0, 1, 2])
@@ -526,16 +531,9 @@ class EpisodeSampler(torch.utils.data.Dataset):
     def __init__(
         self,
         datasets: Mapping[str, Any] | Any,
+        shape: EpisodeShape | None = None,
         *,
         split: str = "train",
-        ways: int = 5,
-        shots: int = 5,
-        queries: int = 15,
-        variable: bool = False,
-        max_ways: int = 50,
-        max_support: int = 500,
-        max_support_per_class: int = 100,
-        max_queries: int = 10,
         num_episodes: int = 1000,
         seed: int = 0,
         split_seed: int = 0,
@@ -551,14 +549,24 @@ class EpisodeSampler(torch.utils.data.Dataset):
         rank: int = 0,
         world_size: int = 1,
         min_images_policy: str = "skip",
+        load_inputs: Callable[[str, list[int]], torch.Tensor] | None = None,
+        **shape_fields: Any,
     ) -> None:
+        if shape is None:
+            known = [f.name for f in dataclasses.fields(EpisodeShape)]
+            unknown = sorted(set(shape_fields) - set(known))
+            if unknown:
+                raise TypeError(f"EpisodeSampler got unexpected keyword arguments {unknown}; the shape's are {known}.")
+            shape = EpisodeShape(**shape_fields)
+        elif not isinstance(shape, EpisodeShape):
+            raise TypeError(f"`shape` must be an EpisodeShape, got {type(shape).__name__}.")
+        elif shape_fields:
+            raise TypeError(f"Pass `shape` or its fields {sorted(shape_fields)} as keywords, not both.")
         if split not in SPLITS:
             raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
         if min_images_policy not in MIN_IMAGES_POLICIES:
             raise ValueError(f"`min_images_policy` must be one of {MIN_IMAGES_POLICIES}, got {min_images_policy!r}.")
-        for name, value in (("ways", ways), ("shots", shots), ("queries", queries), ("max_ways", max_ways),
-                            ("max_support", max_support), ("max_support_per_class", max_support_per_class),
-                            ("max_queries", max_queries), ("image_size", image_size), ("world_size", world_size)):
+        for name, value in (("image_size", image_size), ("world_size", world_size)):
             if int(value) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value}.")
         for name, value in (("num_episodes", num_episodes), ("seed", seed), ("split_seed", split_seed)):
@@ -566,20 +574,16 @@ class EpisodeSampler(torch.utils.data.Dataset):
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value}.")
         if not 0 <= rank < world_size:
             raise ValueError(f"`rank` must be in [0, world_size={world_size}), got {rank}.")
-        if variable and max_ways < ways:
-            raise ValueError(
-                f"Variable episodes draw between `ways`={ways} and `max_ways`={max_ways} classes: raise `max_ways` "
-                "or lower `ways`."
-            )
+        if load_inputs is not None and augment:
+            raise ValueError("Inputs from `load_inputs` cannot be augmented (augmentation works on images); pass "
+                             "`augment=False`.")
         if len(image_mean) != 3 or len(image_std) != 3 or any(s <= 0 for s in image_std):
             raise ValueError(
                 f"`image_mean` and `image_std` must have 3 values (RGB), `image_std` positive; got {tuple(image_mean)}"
                 f" and {tuple(image_std)}."
             )
         self.split = split
-        self.ways, self.shots, self.queries, self.variable = int(ways), int(shots), int(queries), bool(variable)
-        self.max_ways, self.max_support = int(max_ways), int(max_support)
-        self.max_support_per_class, self.max_queries = int(max_support_per_class), int(max_queries)
+        self.shape = shape
         self.num_episodes, self.seed, self.split_seed = int(num_episodes), int(seed), int(split_seed)
         self.split_fractions = _check_fractions(split_fractions)
         self.image_column, self.label_column = image_column, label_column
@@ -590,6 +594,7 @@ class EpisodeSampler(torch.utils.data.Dataset):
         self.augment = bool(augment)
         self.rank, self.world_size = int(rank), int(world_size)
         self.min_images_policy = min_images_policy
+        self.load_inputs = load_inputs
 
         if not isinstance(datasets, Mapping):
             datasets = {DEFAULT_DOMAIN: datasets}
@@ -608,10 +613,11 @@ class EpisodeSampler(torch.utils.data.Dataset):
     @property
     def min_images_per_class(self) -> int:
         """Images a class needs to take part in an episode: `shots + queries`, or 2 for variable episodes."""
-        return 2 if self.variable else self.shots + self.queries
+        return 2 if self.shape.variable else self.shape.shots + self.shape.queries
 
     def _index_domain(self, name: str, dataset: Any) -> _Domain:
         """Read the label column of one domain, split its classes, apply `min_images_policy`."""
+        shape = self.shape
         if not all(hasattr(dataset, attr) for attr in ("column_names", "select_columns", "with_format")):
             raise TypeError(
                 f"Domain {name!r} is a {type(dataset).__name__}; expected a `datasets.Dataset` (map-style: streaming "
@@ -643,15 +649,15 @@ class EpisodeSampler(torch.utils.data.Dataset):
 
         splits = split_classes(list(rows_by_class), self.split_seed, self.split_fractions)
         split_classes_ = splits[self.split]
-        if len(split_classes_) < self.ways:
+        if len(split_classes_) < shape.ways:
             raise ValueError(
                 f"Domain {name!r} has {len(split_classes_)} classes in its {self.split!r} split, fewer than "
-                f"`ways`={self.ways}{' (the least number of ways of variable episodes)' if self.variable else ''}. "
+                f"`ways`={shape.ways}{' (the least number of ways of variable episodes)' if shape.variable else ''}. "
                 f"Lower `ways`, change `split_fractions` (now {self.split_fractions}), or leave this domain out."
             )
         needed = self.min_images_per_class
         small = [c for c in split_classes_ if len(rows_by_class[c]) < needed]
-        what = "2 (one support and one query image)" if self.variable else f"shots + queries = {needed}"
+        what = "2 (one support and one query image)" if shape.variable else f"shots + queries = {needed}"
         if small and self.min_images_policy == "error":
             listed = ", ".join(f"{c!r} ({len(rows_by_class[c])})" for c in small[:20])
             raise ValueError(
@@ -660,16 +666,16 @@ class EpisodeSampler(torch.utils.data.Dataset):
                 "`min_images_policy='skip'` to leave such classes out."
             )
         eligible = [c for c in split_classes_ if len(rows_by_class[c]) >= needed]
-        if len(eligible) < self.ways:
+        if len(eligible) < shape.ways:
             raise ValueError(
                 f"Domain {name!r}, split {self.split!r}: only {len(eligible)} of its {len(split_classes_)} classes "
-                f"have at least {what} images, fewer than `ways`={self.ways}. Lower `shots`/`queries`/`ways`, or "
+                f"have at least {what} images, fewer than `ways`={shape.ways}. Lower `shots`/`queries`/`ways`, or "
                 "leave this domain out."
             )
-        if self.variable and self.max_support < min(self.max_ways, len(eligible)):
+        if shape.variable and shape.max_support < min(shape.max_ways, len(eligible)):
             raise ValueError(
-                f"Domain {name!r}: `max_support`={self.max_support} cannot hold one support image for each of up to "
-                f"{min(self.max_ways, len(eligible))} ways; raise `max_support` or lower `max_ways`."
+                f"Domain {name!r}: `max_support`={shape.max_support} cannot hold one support image for each of up to "
+                f"{min(shape.max_ways, len(eligible))} ways; raise `max_support` or lower `max_ways`."
             )
         custom = dataset.format.get("type") == "custom"  # a user transform may need every column
         source = dataset if custom else dataset.select_columns([self.image_column])
@@ -720,15 +726,16 @@ class EpisodeSampler(torch.utils.data.Dataset):
         (5, [1, 1, 1, 1, 1], [2, 2, 2, 2, 2])
         ```
         """
+        shape = self.shape
         rng, _ = self._generators(index)
         domain = self._domains[int(rng.choice(len(self._domains), p=self.domain_probabilities))]
-        if self.variable:
+        if shape.variable:
             chosen, shots, queries = _variable_composition(
-                rng, domain.sizes, self.ways, self.max_ways, self.max_support, self.max_support_per_class,
-                self.max_queries,
+                rng, domain.sizes, shape.ways, shape.max_ways, shape.max_support, shape.max_support_per_class,
+                shape.max_queries,
             )
         else:
-            chosen, shots, queries = _fixed_composition(rng, domain.sizes, self.ways, self.shots, self.queries)
+            chosen, shots, queries = _fixed_composition(rng, domain.sizes, shape.ways, shape.shots, shape.queries)
         support_rows, query_rows = [], []
         for position, num_support in zip(chosen.tolist(), shots.tolist()):
             rows = domain.rows[position]
@@ -749,7 +756,7 @@ class EpisodeSampler(torch.utils.data.Dataset):
                   for part in (plan.support_rows, plan.query_rows)]
         support = [row for rows in plan.support_rows for row in rows]
         query = [row for rows in plan.query_rows for row in rows]
-        pixels = self._load_pixels(self._domain(plan.domain), support + query, augmentation_rng)
+        pixels = self._inputs(plan.domain, support + query, augmentation_rng)
         return Episode(
             support_pixel_values=pixels[: len(support)],
             support_labels=labels[0],
@@ -764,14 +771,28 @@ class EpisodeSampler(torch.utils.data.Dataset):
         return self._domains[self.domains.index(name)]
 
     def pixel_values(self, domain: str, rows: Sequence[int]) -> torch.Tensor:
-        """The processed, un-augmented images `[len(rows), 3, H, W]` of dataset rows of one of the sampler's domains."""
+        """The processed, un-augmented images `[len(rows), 3, H, W]` of dataset rows of one of the sampler's domains
+        (or what `load_inputs` makes of them)."""
         if domain not in self.domains:
             raise KeyError(f"Unknown domain {domain!r}; the sampler has {self.domains}.")
         augment, self.augment = self.augment, False
         try:
-            return self._load_pixels(self._domain(domain), [int(r) for r in rows], None)
+            return self._inputs(domain, [int(r) for r in rows], None)
         finally:
             self.augment = augment
+
+    def _inputs(self, domain: str, rows: list[int], rng: np.random.Generator | None) -> torch.Tensor:
+        """The model inputs of `rows`: from `load_inputs` if given, else the decoded (and augmented) images."""
+        if self.load_inputs is None:
+            return self._load_pixels(self._domain(domain), rows, rng)
+        inputs = self.load_inputs(domain, rows)
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or inputs.dim() < 1 \
+                or inputs.shape[0] != len(rows):
+            got = f"a {inputs.dtype} tensor of shape {list(inputs.shape)}" if isinstance(inputs, torch.Tensor) \
+                else type(inputs).__name__
+            raise ValueError(f"`load_inputs({domain!r}, rows)` must return a float tensor with one input per row "
+                             f"({len(rows)}), got {got}.")
+        return inputs
 
     def _load_pixels(self, domain: _Domain, rows: list[int], rng: np.random.Generator) -> torch.Tensor:
         """Decode exactly `rows` of the domain and turn them into a `[len(rows), 3, H, W]` float32 batch."""

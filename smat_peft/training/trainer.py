@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 import warnings
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from accelerate import Accelerator
@@ -120,7 +120,11 @@ class SmatMetaTrainer:
             validation and test tasks.
         eval_datasets (`dict[str, datasets.Dataset]`, *optional*): Out-of-domain test domains, never trained on.
         image_processor (*optional*): The backbone's transformers image processor (resize and normalisation).
-        sampler_class (`type`, *optional*): The [`EpisodeSampler`] class (or subclass) that makes the episodes.
+        sampler_class (`Callable[..., EpisodeSampler]`, *optional*): What makes the samplers: [`EpisodeSampler`], a
+            subclass, or a factory with its signature.
+        load_inputs (`Callable[[str, list[int]], torch.Tensor]`, *optional*): Makes the model inputs of dataset rows
+            instead of decoding images ([`EpisodeSampler`]'s `load_inputs`: un-augmented, so `args.augment` must be
+            off); the demo passes cached activations of the backbone's frozen first blocks.
 
     Example:
 
@@ -139,11 +143,11 @@ class SmatMetaTrainer:
         train_datasets: Optional[Mapping[str, Any]] = None,
         eval_datasets: Optional[Mapping[str, Any]] = None,
         image_processor: Any = None,
-        sampler_class: type = EpisodeSampler,
+        sampler_class: Callable[..., EpisodeSampler] = EpisodeSampler,
+        load_inputs: Optional[Callable[[str, list[int]], torch.Tensor]] = None,
     ) -> None:
-        # what makes episodes: an EpisodeSampler subclass may read them from elsewhere (the demo's reads cached
-        # activations of the backbone's frozen blocks)
         self.sampler_class = sampler_class
+        self.load_inputs = load_inputs
         self.args = args
         self.model = model
         self.train_datasets = dict(train_datasets or {})
@@ -182,13 +186,12 @@ class SmatMetaTrainer:
                  augment: Optional[bool] = None) -> EpisodeSampler:
         args = self.args
         return self.sampler_class(
-            datasets, split=split, ways=args.ways, shots=args.shots, queries=args.queries,
-            variable=args.variable_ways_shots, max_ways=args.max_ways, max_support=args.max_support,
-            num_episodes=num_episodes, seed=args.seed if seed is None else seed, split_seed=args.split_seed,
-            split_fractions=args.split_fractions, image_column=args.image_column, label_column=args.label_column,
+            datasets, args.episode_shape, split=split, num_episodes=num_episodes,
+            seed=args.seed if seed is None else seed, split_seed=args.split_seed, split_fractions=args.split_fractions,
+            image_column=args.image_column, label_column=args.label_column,
             image_size=args.image_size, image_processor=self.image_processor,
             augment=(args.augment and split == "train") if augment is None else augment,
-            min_images_policy=args.min_images_policy,
+            min_images_policy=args.min_images_policy, load_inputs=self.load_inputs,
         )
 
     def _task_indices(self, start_update: int) -> list[int]:
