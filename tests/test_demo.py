@@ -16,7 +16,6 @@ real `--quick` run on the offline assets (builds them once if the cache is empty
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -37,7 +36,6 @@ from smat_peft.demo.prefix import (
 )
 from smat_peft.training import evaluation
 from smat_peft.training.evaluation import direct_accuracy, frozen_direct_scores
-from smat_peft.training.objective import protonet_task_loss
 
 from tiny_data import synthetic_domain
 from tiny_models import IMAGE_SIZE, make_tiny_model, random_pixels
