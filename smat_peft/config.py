@@ -11,6 +11,9 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
+"""`SmatConfig`, the adapter's configuration as peft saves it in `adapter_config.json`, and reading one from a
+JSON or YAML file (`load_smat_config`, what `--smat_config` means)."""
+
 from __future__ import annotations
 
 import json
