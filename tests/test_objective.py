@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from smat_peft.training.heads import class_prototypes, cosine_logits
+from smat_peft.heads import class_prototypes, cosine_logits
 from smat_peft.masks import HardConcrete
 from smat_peft.training.constraint import SparsityConstraint
 from smat_peft.training.objective import distillation

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..model import SmatModel
 from ..targets import default_features
 from .arguments import MetaTrainingArguments
-from .heads import class_prototypes, cosine_logits
+from ..heads import class_prototypes, cosine_logits
 
 
 def mean_ci95(values: list[float]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from ..targets import default_features
 from .arguments import MetaTrainingArguments
 from .constraint import SparsityConstraint
 from .episodes import Episode
-from .heads import class_prototypes, cosine_logits
+from ..heads import class_prototypes, cosine_logits
 
 
 @dataclass
