@@ -29,6 +29,7 @@ from torch import nn
 
 from .constants import DTYPES, __version__
 from .config import SmatConfig
+from .heads import class_prototypes
 from .layer import SmatLayer, SmatModule
 from .peft_type import PREFIX
 from .router import RouterOutput, SmatRouter
@@ -388,12 +389,7 @@ class SmatModel(BaseTuner):
     ) -> torch.Tensor:
         """Class prototypes `[num_classes, D]`: mean frozen-backbone features of each class's support images."""
         labels, num_classes = check_support(support_pixel_values, support_labels, num_classes)
-        features = self.support_features(support_pixel_values, **forward_kwargs)
-        sums = torch.zeros(num_classes, features.shape[1], device=features.device).index_add_(
-            0, labels.to(features.device), features
-        )
-        counts = torch.bincount(labels, minlength=num_classes).to(features)
-        return sums / counts[:, None]
+        return class_prototypes(self.support_features(support_pixel_values, **forward_kwargs), labels, num_classes)
 
     def route(self, prototypes: torch.Tensor, adapter_name: Optional[str] = None) -> RouterOutput:
         """Expert weights of one adapter for given class prototypes."""
