@@ -5,9 +5,11 @@ results (or their own run):
 
     python benchmarks/demo_report.py benchmarks/results/demo_full_results.json
     python benchmarks/demo_report.py smat-demo/results.json --section claims
+    python benchmarks/demo_report.py benchmarks/results/demo_sweep.json     # a `--sweep-sparsity` run's sweep.json
 
 Sections: `tables` (accuracy per model, mode and setting; SMAT minus each model, paired), `claims` (win / tie / loss
 counted per comparison, the expert diagnostics per seed), `time` (where the run's time went, per method and phase).
+A sweep.json gets its own report (`sweep`): accuracy per τ, SMAT minus pre-trained paired per τ, the masks' sparsity.
 """
 
 from __future__ import annotations
@@ -80,6 +82,34 @@ def time_breakdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sweep(results: dict[str, Any]) -> str:
+    """A sparsity sweep: ID / OOD accuracy per τ (direct), SMAT minus pre-trained paired per τ, masks' sparsity."""
+    settings = list(results["pretrained"])
+    header = ("| τ | " + " | ".join(f"{s} ID / OOD" for s in settings)
+              + " | eval-mask sparsity | training-mask E[density] |")
+    lines = [header, "|---" * (3 + len(settings)) + "|"]
+
+    def pair(summary: dict[str, Any], setting: str) -> str:
+        return f"{summary[setting]['id']:.1f} / {summary[setting]['ood']:.1f}"
+
+    for tau, run in results["sweep"].items():
+        sparsity, density = run["eval_mask_sparsity"], run["train_mask_expected_density"]
+        lines.append(f"| {tau} | " + " | ".join(pair(run["summary"], s) for s in settings)
+                     + f" | {min(sparsity):.3f}–{max(sparsity):.3f} | {min(density):.3f}–{max(density):.3f} |")
+    lines.append("| pre-trained | " + " | ".join(pair(results["pretrained"], s) for s in settings) + " | – | – |")
+    paired = ["", "SMAT at each τ minus the pre-trained backbone, paired per episode (points, bootstrap 95% CI):", "",
+              "| τ | setting | ID | OOD |", "|---|---|---|---|"]
+    for tau, run in results["sweep"].items():
+        cells: dict[str, dict[str, str]] = {}
+        for entry in run["vs_pretrained"]:
+            low, high = entry["ci95"]
+            cells.setdefault(entry["setting"], {})[entry["group"]] = (
+                f"{entry['difference']:+.1f} [{low:+.1f}, {high:+.1f}] {entry['claim']}")
+        paired += [f"| {tau} | {setting} | {g.get('id', '–')} | {g.get('ood', '–')} |"
+                   for setting, g in cells.items()]
+    return "\n".join(lines + paired)
+
+
 SECTIONS = {"tables": tables, "claims": claims, "time": time_breakdown}
 
 
@@ -91,6 +121,9 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.results) as f:
         results = json.load(f)
+    if "sweep" in results:
+        print(sweep(results))
+        return
     print("\n\n".join(SECTIONS[name](results) for name in args.section or SECTIONS))
 
 
