@@ -4,7 +4,8 @@ Checks out `--base` and `--head` as temporary git worktrees and runs the same pr
 alternating base / head `--rounds` times (machine noise hits both alike). The probe, on a ViT-S sized model with
 random weights (hidden 384, 12 layers, M = 8, τ = 0.9, 2 threads):
 
-- one SMAT meta-training task, dense teacher on and off (5-way 5-shot 5-query, 56 px; median of 5 after a warm-up);
+- one SMAT meta-training task, dense teacher on and off (5-way 5-shot 5-query, 56 px; `bench_metatrain`'s
+  interleaved median of 5 after a warm-up);
 - a conditioned forward (16 images, 112 px, inside `model.task`) and the task setup (5-way 5-shot support set).
 
 Reports, per measure, the median over rounds of the paired ratio head ÷ base, and writes JSON.
@@ -27,16 +28,12 @@ import json, os, statistics, sys, tempfile, time
 sys.path.insert(0, "benchmarks")
 import torch
 torch.set_num_threads(2)
-from bench_metatrain import backbone, trainer
+from bench_metatrain import backbone, interleaved_step_times, trainer
 from smat_peft import SmatConfig, get_smat_model
 
-out = {}
 with tempfile.TemporaryDirectory() as tmp:
-    for method in ("smat", "smat_no_teacher"):
-        t = trainer(method, os.path.join(tmp, method), 56)
-        t.model.train()
-        times = [t.training_step([t.train_sampler.episode(i)])[0]["step_time_s"] for i in range(6)][1:]
-        out[f"{method}_task_s"] = statistics.median(times)
+    trainers = {m: trainer(m, os.path.join(tmp, m), 56) for m in ("smat", "smat_no_teacher")}
+    out = {f"{m}_task_s": seconds for m, seconds in interleaved_step_times(trainers, 5).items()}
 model = get_smat_model(backbone(112), SmatConfig(num_experts=8, sparsity=0.9, init_weights=False)).eval()
 support, labels, query = torch.randn(25, 3, 112, 112), torch.arange(5).repeat(5), torch.randn(16, 3, 112, 112)
 forward, setup = [], []

@@ -36,7 +36,6 @@ from .masks import MAX_PACKED_EXPERTS, HardConcrete, merge_dense, merge_packed, 
 
 
 
-
 def mask_shape(param_shape: torch.Size, structured: bool) -> tuple[int, ...]:
     """Shape of one expert's mask for a parameter: per element, or per input column / output channel."""
     if not structured or len(param_shape) == 1:
